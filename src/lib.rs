@@ -1,0 +1,3 @@
+//! kap-gateway: a FHIR R4 interoperability gateway for ketamine-assisted psychotherapy clinics.
+
+pub mod fhir;
