@@ -1,0 +1,556 @@
+//! FHIR interactions over the store: what create, read, update, patch, delete, their conditional forms, search and
+//! history mean (https://hl7.org/fhir/R4/http.html). HTTP-free: the API layer parses requests and calls these.
+
+pub mod bundle;
+pub mod transaction;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fhir::extract::{IndexEntry, extract};
+use crate::fhir::outcome::Issue;
+use crate::fhir::registry;
+use crate::fhir::search::{self, ParseOptions, SearchQuery, TotalMode};
+use crate::fhir::validate::validate_resource;
+use crate::store::db::Tx;
+use crate::store::search_sql::SearchPage;
+use crate::store::{HistoryEntry, Method, Store, StoredResource};
+
+/// The result of a write: the stored version and whether it created the resource (201) or not (200).
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub resource: StoredResource,
+    pub created: bool,
+}
+
+/// FHIR interactions bound to a store and the server's public base URL.
+#[derive(Clone, Debug)]
+pub struct FhirService {
+    pub store: Store,
+    pub base_url: String,
+}
+
+/// Parses a `W/"n"` (or `"n"`, or `n`) ETag into a version number.
+pub fn parse_etag(etag: &str) -> Option<i64> {
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// Parses `a=1&b=2` (URL-encoded) into pairs.
+pub fn parse_query_string(qs: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(qs.trim_start_matches('?').as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn require_supported(res_type: &str) -> Result<()> {
+    if registry::is_supported_type(res_type) {
+        Ok(())
+    } else if crate::fhir::validate::is_r4_resource_type(res_type) {
+        Err(Error::not_found(format!("Resource type '{res_type}' is not supported by this server")))
+    } else {
+        Err(Error::not_found(format!("Unknown resource type '{res_type}'")))
+    }
+}
+
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_at(
+            "value",
+            format!("'{id}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})"),
+            "id",
+        ))
+    }
+}
+
+/// Validates a resource for a write and computes its index entries.
+pub fn prepare(res_type: &str, resource: &Value) -> Result<Vec<IndexEntry>> {
+    if let Err(issues) = validate_resource(Some(res_type), resource) {
+        let issues = issues
+            .into_iter()
+            .map(|i| Issue::error(i.kind.code(), i.message).at(i.expression))
+            .collect();
+        return Err(Error::with_issues(ErrorKind::BadRequest, issues));
+    }
+    Ok(extract(res_type, resource))
+}
+
+/// A stable hash of conditional criteria: parameters sorted so that order does not matter.
+pub fn criteria_hash(params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (k, v) in sorted {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Strips the server-owned parts of a resource so that two versions can be compared for a no-op update.
+fn without_server_meta(resource: &Value) -> Value {
+    let mut copy = resource.clone();
+    if let Some(obj) = copy.as_object_mut() {
+        let empty = obj
+            .get_mut("meta")
+            .and_then(Value::as_object_mut)
+            .map(|meta| {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+                meta.is_empty()
+            })
+            .unwrap_or(false);
+        if empty {
+            obj.remove("meta");
+        }
+    }
+    copy
+}
+
+impl FhirService {
+    pub fn new(store: Store, base_url: String) -> FhirService {
+        FhirService { store, base_url }
+    }
+
+    pub fn parse_options(&self, strict: bool) -> ParseOptions<'_> {
+        ParseOptions {
+            strict,
+            base_url: &self.base_url,
+        }
+    }
+
+    /// Parses a search on `res_type`, turning parse problems into a 400.
+    pub fn parse_search(&self, res_type: &str, params: &[(String, String)], strict: bool) -> Result<SearchQuery> {
+        require_supported(res_type)?;
+        search::parse(res_type, params, self.parse_options(strict))
+            .map_err(|issues| Error::with_issues(ErrorKind::BadRequest, issues))
+    }
+
+    /// read: https://hl7.org/fhir/R4/http.html#read
+    pub async fn read(&self, res_type: &str, id: &str) -> Result<StoredResource> {
+        require_supported(res_type)?;
+        let mut tx = self.store.begin_read().await?;
+        let found = self.read_in(&mut tx, res_type, id).await;
+        tx.rollback().await?;
+        found
+    }
+
+    pub async fn read_in(&self, tx: &mut Tx, res_type: &str, id: &str) -> Result<StoredResource> {
+        match self.store.current(tx, res_type, id).await? {
+            None => Err(Error::not_found(format!("{res_type}/{id} is not known"))),
+            Some(r) if r.deleted => Err(Error::gone(format!("{res_type}/{id} has been deleted"))),
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// vread: https://hl7.org/fhir/R4/http.html#vread
+    pub async fn vread(&self, res_type: &str, id: &str, version: &str) -> Result<StoredResource> {
+        require_supported(res_type)?;
+        let v: i64 = version
+            .parse()
+            .map_err(|_| Error::not_found(format!("Version '{version}' of {res_type}/{id} is not known")))?;
+        let mut tx = self.store.begin_read().await?;
+        let found = self.store.version(&mut tx, res_type, id, v).await?;
+        tx.rollback().await?;
+        match found {
+            None => Err(Error::not_found(format!("Version {v} of {res_type}/{id} is not known"))),
+            Some(h) if h.resource.deleted => Err(Error::gone(format!("Version {v} of {res_type}/{id} is a deletion"))),
+            Some(h) => Ok(h.resource),
+        }
+    }
+
+    /// create, optionally conditional (`If-None-Exist`): https://hl7.org/fhir/R4/http.html#create
+    ///
+    /// A conditional create claims a row keyed by the normalised criteria in the same transaction, so concurrent
+    /// identical requests cannot both insert: the loser rolls back, looks again and finds the winner's resource.
+    pub async fn create(&self, res_type: &str, resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
+        require_supported(res_type)?;
+        let index = prepare(res_type, &resource)?;
+        for _attempt in 0..5 {
+            let mut tx = self.store.begin_write().await?;
+            match self.create_in(&mut tx, res_type, resource.clone(), &index, if_none_exist, None).await {
+                Ok(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+                Err(CreateError::Lost) => {
+                    tx.rollback().await?;
+                    continue;
+                }
+                Err(CreateError::Other(e)) => {
+                    tx.rollback().await?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::conflict("Conditional create kept losing races with concurrent requests; retry"))
+    }
+
+    /// The create step inside a caller's transaction. `id` is pre-assigned for transaction entries.
+    pub(crate) async fn create_in(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        resource: Value,
+        index: &[IndexEntry],
+        if_none_exist: Option<&str>,
+        id: Option<String>,
+    ) -> std::result::Result<WriteOutcome, CreateError> {
+        let mut key = None;
+        if let Some(criteria) = if_none_exist {
+            let params = parse_query_string(criteria);
+            let matches = self.match_conditional(tx, res_type, &params).await?;
+            match matches.len() {
+                0 => key = Some(criteria_hash(&params)),
+                1 => {
+                    return Ok(WriteOutcome {
+                        resource: matches.into_iter().next().ok_or(CreateError::Lost)?,
+                        created: false,
+                    });
+                }
+                n => {
+                    return Err(Error::precondition_failed(format!(
+                        "If-None-Exist matched {n} {res_type} resources; it must match at most one"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let stored = self.store.insert(tx, res_type, &id, resource, index, Method::Post).await?;
+        if let Some(hash) = key
+            && !self.store.claim_conditional_key(tx, res_type, &hash, stored.pk).await?
+        {
+            return Err(CreateError::Lost);
+        }
+        Ok(WriteOutcome {
+            resource: stored,
+            created: true,
+        })
+    }
+
+    /// Runs conditional criteria as a search inside `tx`; criteria with no recognised parameter are an error
+    /// (they would otherwise match everything).
+    pub(crate) async fn match_conditional(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        params: &[(String, String)],
+    ) -> Result<Vec<StoredResource>> {
+        let mut q = search::parse(res_type, params, self.parse_options(true))
+            .map_err(|issues| Error::with_issues(ErrorKind::BadRequest, issues))?;
+        if q.criteria.is_empty() {
+            return Err(Error::bad_request(format!(
+                "Conditional criteria for {res_type} must contain at least one search parameter"
+            )));
+        }
+        q.count = 2;
+        q.total = TotalMode::None;
+        q.include.clear();
+        q.revinclude.clear();
+        Ok(self.store.search(tx, &q).await?.matches)
+    }
+
+    /// update (PUT), including update-as-create with a client-chosen id: https://hl7.org/fhir/R4/http.html#update
+    pub async fn update(&self, res_type: &str, id: &str, resource: Value, if_match: Option<i64>) -> Result<WriteOutcome> {
+        require_supported(res_type)?;
+        check_id(id)?;
+        let index = prepare(res_type, &resource)?;
+        check_body_id(&resource, id)?;
+        let mut tx = self.store.begin_write().await?;
+        let out = self.update_in(&mut tx, res_type, id, resource, &index, if_match, Method::Put).await;
+        finish(tx, out).await
+    }
+
+    pub(crate) async fn update_in(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        id: &str,
+        resource: Value,
+        index: &[IndexEntry],
+        if_match: Option<i64>,
+        method: Method,
+    ) -> Result<WriteOutcome> {
+        let current = self.store.current(tx, res_type, id).await?;
+        if let Some(expected) = if_match {
+            let actual = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
+            if actual != Some(expected) {
+                return Err(Error::precondition_failed(match actual {
+                    Some(v) => format!("If-Match expected version {expected} of {res_type}/{id} but it is at version {v}"),
+                    None => format!("If-Match expected version {expected} of {res_type}/{id}, which does not exist"),
+                }));
+            }
+        }
+        match current {
+            None => {
+                let stored = self.store.insert(tx, res_type, id, resource, index, method).await?;
+                Ok(WriteOutcome {
+                    resource: stored,
+                    created: true,
+                })
+            }
+            Some(cur) => {
+                // An update that changes nothing creates no new version.
+                if !cur.deleted
+                    && let Some(existing) = cur.json()
+                    && without_server_meta(&existing) == without_server_meta(&{
+                        let mut r = resource.clone();
+                        crate::store::stamp(&mut r, id, cur.version, cur.last_updated);
+                        r
+                    })
+                {
+                    return Ok(WriteOutcome {
+                        resource: cur,
+                        created: false,
+                    });
+                }
+                let created = cur.deleted;
+                let stored = self.store.update(tx, &cur, resource, index, method).await?;
+                Ok(WriteOutcome { resource: stored, created })
+            }
+        }
+    }
+
+    /// Conditional update: https://hl7.org/fhir/R4/http.html#cond-update
+    pub async fn conditional_update(
+        &self,
+        res_type: &str,
+        params: &[(String, String)],
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome> {
+        require_supported(res_type)?;
+        let index = prepare(res_type, &resource)?;
+        let mut tx = self.store.begin_write().await?;
+        let out = self
+            .conditional_update_in(&mut tx, res_type, params, resource, &index, if_match)
+            .await;
+        finish(tx, out).await
+    }
+
+    pub(crate) async fn conditional_update_in(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        params: &[(String, String)],
+        resource: Value,
+        index: &[IndexEntry],
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome> {
+        let matches = self.match_conditional(tx, res_type, params).await?;
+        let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
+        match matches.as_slice() {
+            [] => {
+                let id = match body_id {
+                    Some(id) => {
+                        check_id(&id)?;
+                        id
+                    }
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
+                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put).await
+            }
+            [one] => {
+                if let Some(bid) = &body_id
+                    && bid != &one.id
+                {
+                    return Err(Error::bad_request(format!(
+                        "The resource id '{bid}' does not match the id '{}' of the {res_type} the criteria found",
+                        one.id
+                    )));
+                }
+                let id = one.id.clone();
+                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put).await
+            }
+            _ => Err(Error::precondition_failed(format!(
+                "The conditional update criteria matched several {res_type} resources"
+            ))),
+        }
+    }
+
+    /// delete: https://hl7.org/fhir/R4/http.html#delete. Deleting what is already deleted succeeds (idempotent).
+    pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<Option<StoredResource>> {
+        require_supported(res_type)?;
+        let mut tx = self.store.begin_write().await?;
+        let out = self.delete_in(&mut tx, res_type, id, if_match).await;
+        finish(tx, out).await
+    }
+
+    pub(crate) async fn delete_in(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<Option<StoredResource>> {
+        match self.store.current(tx, res_type, id).await? {
+            None => Err(Error::not_found(format!("{res_type}/{id} is not known"))),
+            Some(cur) if cur.deleted => Ok(None),
+            Some(cur) => {
+                if let Some(expected) = if_match
+                    && expected != cur.version
+                {
+                    return Err(Error::precondition_failed(format!(
+                        "If-Match expected version {expected} of {res_type}/{id} but it is at version {}",
+                        cur.version
+                    )));
+                }
+                Ok(Some(self.store.delete(tx, &cur).await?))
+            }
+        }
+    }
+
+    /// Conditional delete (single match; several → 412): https://hl7.org/fhir/R4/http.html#cdelete
+    pub async fn conditional_delete(&self, res_type: &str, params: &[(String, String)]) -> Result<Option<StoredResource>> {
+        require_supported(res_type)?;
+        let mut tx = self.store.begin_write().await?;
+        let out = self.conditional_delete_in(&mut tx, res_type, params).await;
+        finish(tx, out).await
+    }
+
+    pub(crate) async fn conditional_delete_in(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        params: &[(String, String)],
+    ) -> Result<Option<StoredResource>> {
+        let matches = self.match_conditional(tx, res_type, params).await?;
+        match matches.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(self.store.delete(tx, one).await?)),
+            _ => Err(Error::precondition_failed(format!(
+                "The conditional delete criteria matched several {res_type} resources; refine them"
+            ))),
+        }
+    }
+
+    /// patch with JSON Patch (RFC 6902): https://hl7.org/fhir/R4/http.html#patch
+    pub async fn patch(&self, res_type: &str, id: &str, patch: Value, if_match: Option<i64>) -> Result<WriteOutcome> {
+        require_supported(res_type)?;
+        let mut tx = self.store.begin_write().await?;
+        let out = self.patch_in(&mut tx, res_type, id, patch, if_match).await;
+        finish(tx, out).await
+    }
+
+    pub(crate) async fn patch_in(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome> {
+        let current = self.read_in(tx, res_type, id).await?;
+        if let Some(expected) = if_match
+            && expected != current.version
+        {
+            return Err(Error::precondition_failed(format!(
+                "If-Match expected version {expected} of {res_type}/{id} but it is at version {}",
+                current.version
+            )));
+        }
+        let ops: json_patch::Patch = serde_json::from_value(patch)
+            .map_err(|e| Error::bad_request(format!("The body is not a valid JSON Patch document: {e}")))?;
+        let mut doc = current
+            .json()
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored {res_type}/{id} is not valid JSON")))?;
+        json_patch::patch(&mut doc, &ops)
+            .map_err(|e| Error::with_issues(ErrorKind::Unprocessable, vec![Issue::error("processing", format!("The patch cannot be applied: {e}"))]))?;
+        if doc.get("resourceType").and_then(Value::as_str) != Some(res_type) || doc.get("id").and_then(Value::as_str) != Some(id)
+        {
+            return Err(Error::with_issues(
+                ErrorKind::Unprocessable,
+                vec![Issue::error("processing", "A patch may not change resourceType or id")],
+            ));
+        }
+        let index = prepare(res_type, &doc).map_err(|e| Error::with_issues(ErrorKind::Unprocessable, e.issues))?;
+        self.update_in(tx, res_type, id, doc, &index, None, Method::Patch).await
+    }
+
+    /// search: https://hl7.org/fhir/R4/http.html#search
+    pub async fn search(&self, q: &SearchQuery) -> Result<SearchPage> {
+        let mut tx = self.store.begin_read().await?;
+        let page = self.store.search(&mut tx, q).await;
+        tx.rollback().await?;
+        page
+    }
+
+    /// history (instance, type or system): https://hl7.org/fhir/R4/http.html#history
+    pub async fn history(
+        &self,
+        res_type: Option<&str>,
+        id: Option<&str>,
+        since: Option<i64>,
+        before: Option<i64>,
+        count: usize,
+    ) -> Result<(Vec<HistoryEntry>, i64, bool)> {
+        if let Some(t) = res_type {
+            require_supported(t)?;
+        }
+        let mut tx = self.store.begin_read().await?;
+        if let (Some(t), Some(i)) = (res_type, id)
+            && self.store.current(&mut tx, t, i).await?.is_none()
+        {
+            tx.rollback().await?;
+            return Err(Error::not_found(format!("{t}/{i} is not known")));
+        }
+        let mut entries = self.store.history(&mut tx, res_type, id, since, before, count + 1).await?;
+        let total = self.store.history_count(&mut tx, res_type, id, since).await?;
+        tx.rollback().await?;
+        let more = entries.len() > count;
+        entries.truncate(count);
+        Ok((entries, total, more))
+    }
+}
+
+/// Why a create step did not complete.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    /// Another request claimed the same conditional-create key first.
+    Lost,
+    Other(Error),
+}
+
+impl From<Error> for CreateError {
+    fn from(e: Error) -> Self {
+        CreateError::Other(e)
+    }
+}
+
+fn check_body_id(resource: &Value, id: &str) -> Result<()> {
+    match resource.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => Ok(()),
+        Some(body_id) => Err(Error::invalid_at(
+            "invalid",
+            format!("The resource id '{body_id}' does not match the id '{id}' in the URL"),
+            "id",
+        )),
+        None => Err(Error::invalid_at("required", "An update must carry the resource id in its body", "id")),
+    }
+}
+
+/// Commits on success, rolls back on failure.
+async fn finish<T>(tx: Tx, out: Result<T>) -> Result<T> {
+    match out {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Wiring: database pool and migrations, services, and the HTTP server (`Application::build` → `port` →
+//! `run_until_stopped`), shared by `main` and the integration tests.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::HttpServer;
+use actix_web::dev::Server;
+use anyhow::Context as _;
+
+use crate::api::{AppState, create_app};
+use crate::config::Config;
+use crate::fhir::capability::CapabilityInput;
+use crate::fhir::registry::SUPPORTED_TYPES;
+use crate::service::FhirService;
+use crate::store::Store;
+use crate::store::db::Db;
+
+/// A built, not yet running, gateway.
+pub struct Application {
+    port: u16,
+    server: Server,
+    pub state: AppState,
+}
+
+/// Connects to the database and applies migrations.
+pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    let db = Db::connect(&config.database_url, config.db_max_connections)
+        .await
+        .with_context(|| format!("cannot open the {} database", scheme(&config.database_url)))?;
+    db.migrate().await.context("cannot apply database migrations")?;
+    Ok(Store::new(db))
+}
+
+fn scheme(url: &str) -> &str {
+    url.split(':').next().unwrap_or("unknown")
+}
+
+/// Builds the shared application state.
+pub fn build_state(config: &Config, store: Store, base_url: String) -> AppState {
+    let capability = CapabilityInput {
+        base_url: base_url.clone(),
+        software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..CapabilityInput::default()
+    };
+    AppState {
+        config: config.clone(),
+        base_url: base_url.clone(),
+        fhir: FhirService::new(store.clone(), base_url),
+        store,
+        capability,
+    }
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port), connects the store and builds the server.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(&config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let base_url = match &config.base_url {
+            Some(_) => config.fhir_base_url(),
+            None => {
+                let host = config.listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+                format!("http://{host}:{port}/fhir")
+            }
+        };
+        let store = connect_store(&config).await?;
+        crate::fhir::validate::warm_up(SUPPORTED_TYPES);
+        let state = build_state(&config, store, base_url);
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || create_app(app_state.clone()))
+            .shutdown_timeout(config.shutdown_timeout_secs)
+            .client_request_timeout(Duration::from_secs(60));
+        if config.http_workers > 0 {
+            server = server.workers(config.http_workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Application { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let db = self.state.store.db.clone();
+        let result = self.server.await;
+        db.close().await;
+        result
+    }
+}

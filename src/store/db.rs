@@ -1,0 +1,459 @@
+//! Database access shared by the SQLite and PostgreSQL stores: connection pools, migrations, transactions and a
+//! small SQL builder whose `?` placeholders are rendered for each dialect, so the store's SQL is written once.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Sqlite, Transaction};
+
+/// Which SQL dialect a pool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A connection pool to one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Migrations, embedded so that the binary needs nothing beside it. Versions are identical in both folders
+/// (a test checks that every file in `migrations/` is listed here).
+pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "resource store",
+    include_str!("../../migrations/sqlite/0001_resource_store.sql"),
+)];
+pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "resource store",
+    include_str!("../../migrations/postgres/0001_resource_store.sql"),
+)];
+
+fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        list.iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path.db` or `postgres://…`), creating a SQLite file when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .connect_with(options)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(sqlx::Error::Configuration(
+                format!("unsupported database URL scheme (expected sqlite:// or postgres://): {}", scheme_of(url)).into(),
+            ))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies every embedded migration not yet applied.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Db::Sqlite(pool) => migrator(SQLITE_MIGRATIONS).run(pool).await,
+            Db::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await,
+        }
+    }
+
+    /// True when every embedded migration has been applied (used by readiness checks).
+    pub async fn migrations_applied(&self) -> Result<bool, sqlx::Error> {
+        let expected = match self {
+            Db::Sqlite(_) => SQLITE_MIGRATIONS.len(),
+            Db::Postgres(_) => POSTGRES_MIGRATIONS.len(),
+        } as i64;
+        let mut tx = self.begin_read().await?;
+        let rows = tx
+            .fetch(&Sql::new("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE"), &[Col::Int])
+            .await?;
+        tx.rollback().await?;
+        Ok(rows.first().map(|r| r.int(0)).unwrap_or(0) >= expected)
+    }
+
+    /// A transaction for reading. SQLite's deferred BEGIN suffices.
+    pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that upgrades to a writer fails with SQLITE_BUSY without waiting for the busy timeout.
+    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Pool statistics: (connections open, connections idle).
+    pub fn pool_stats(&self) -> (u32, usize) {
+        match self {
+            Db::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Db::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+fn scheme_of(url: &str) -> &str {
+    url.split(':').next().unwrap_or("")
+}
+
+/// A bound SQL value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+impl From<f64> for Val {
+    fn from(v: f64) -> Self {
+        Val::Real(v)
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Self {
+        Val::Text(v.to_owned())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Self {
+        Val::Text(v)
+    }
+}
+impl From<&String> for Val {
+    fn from(v: &String) -> Self {
+        Val::Text(v.clone())
+    }
+}
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Self {
+        v.map(Into::into).unwrap_or(Val::Null)
+    }
+}
+
+/// SQL text with `?` placeholders and the values bound to them, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Sql {
+    text: String,
+    params: Vec<Val>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Sql {
+        Sql {
+            text: text.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Appends literal SQL (never user input).
+    pub fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub fn bind(&mut self, value: impl Into<Val>) -> &mut Sql {
+        self.text.push('?');
+        self.params.push(value.into());
+        self
+    }
+
+    /// Appends another fragment with its values.
+    pub fn append(&mut self, other: &Sql) -> &mut Sql {
+        self.text.push_str(&other.text);
+        self.params.extend(other.params.iter().cloned());
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// The SQL text for `backend`: `?` becomes `$1, $2, …` on PostgreSQL.
+    pub fn render(&self, backend: Backend) -> String {
+        match backend {
+            Backend::Sqlite => self.text.clone(),
+            Backend::Postgres => {
+                let mut out = String::with_capacity(self.text.len() + 8);
+                let mut n = 0;
+                for ch in self.text.chars() {
+                    if ch == '?' {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(ch);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The type a result column is read as.
+#[derive(Debug, Clone, Copy)]
+pub enum Col {
+    Int,
+    Real,
+    Text,
+    OptInt,
+    OptText,
+}
+
+/// One result row, decoded per the caller's column list.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Val>);
+
+impl Row {
+    pub fn int(&self, i: usize) -> i64 {
+        match self.0.get(i) {
+            Some(Val::Int(v)) => *v,
+            Some(Val::Real(v)) => *v as i64,
+            _ => 0,
+        }
+    }
+    pub fn opt_int(&self, i: usize) -> Option<i64> {
+        match self.0.get(i) {
+            Some(Val::Int(v)) => Some(*v),
+            _ => None,
+        }
+    }
+    pub fn real(&self, i: usize) -> f64 {
+        match self.0.get(i) {
+            Some(Val::Real(v)) => *v,
+            Some(Val::Int(v)) => *v as f64,
+            _ => 0.0,
+        }
+    }
+    pub fn text(&self, i: usize) -> String {
+        match self.0.get(i) {
+            Some(Val::Text(v)) => v.clone(),
+            _ => String::new(),
+        }
+    }
+    pub fn opt_text(&self, i: usize) -> Option<String> {
+        match self.0.get(i) {
+            Some(Val::Text(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+    pub fn take_opt_text(&mut self, i: usize) -> Option<String> {
+        match self.0.get_mut(i) {
+            Some(v @ Val::Text(_)) => match std::mem::replace(v, Val::Null) {
+                Val::Text(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// An open transaction on either database.
+pub enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+macro_rules! bind_all {
+    ($query:expr, $params:expr) => {{
+        let mut q = $query;
+        for p in $params {
+            q = match p {
+                Val::Null => q.bind(None::<String>),
+                Val::Int(v) => q.bind(*v),
+                Val::Real(v) => q.bind(*v),
+                Val::Text(v) => q.bind(v.as_str()),
+            };
+        }
+        q
+    }};
+}
+
+impl Tx {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Runs a statement, returning the number of rows it affected.
+    pub async fn execute(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
+        let text = sql.render(self.backend());
+        match self {
+            Tx::Sqlite(tx) => {
+                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
+                Ok(q.execute(&mut **tx).await?.rows_affected())
+            }
+            Tx::Postgres(tx) => {
+                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
+                Ok(q.execute(&mut **tx).await?.rows_affected())
+            }
+        }
+    }
+
+    /// Runs a query and decodes each row's columns as `cols` says.
+    pub async fn fetch(&mut self, sql: &Sql, cols: &[Col]) -> Result<Vec<Row>, sqlx::Error> {
+        let text = sql.render(self.backend());
+        match self {
+            Tx::Sqlite(tx) => {
+                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
+                let rows = q.fetch_all(&mut **tx).await?;
+                rows.iter().map(|r| decode_sqlite(r, cols)).collect()
+            }
+            Tx::Postgres(tx) => {
+                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
+                let rows = q.fetch_all(&mut **tx).await?;
+                rows.iter().map(|r| decode_pg(r, cols)).collect()
+            }
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+fn decode_sqlite(row: &SqliteRow, cols: &[Col]) -> Result<Row, sqlx::Error> {
+    let mut out = Vec::with_capacity(cols.len());
+    for (i, col) in cols.iter().enumerate() {
+        out.push(match col {
+            Col::Int => Val::Int(row.try_get::<i64, _>(i)?),
+            Col::Real => Val::Real(row.try_get::<f64, _>(i)?),
+            Col::Text => Val::Text(row.try_get::<String, _>(i)?),
+            Col::OptInt => row.try_get::<Option<i64>, _>(i)?.map_or(Val::Null, Val::Int),
+            Col::OptText => row.try_get::<Option<String>, _>(i)?.map_or(Val::Null, Val::Text),
+        });
+    }
+    Ok(Row(out))
+}
+
+fn decode_pg(row: &PgRow, cols: &[Col]) -> Result<Row, sqlx::Error> {
+    let mut out = Vec::with_capacity(cols.len());
+    for (i, col) in cols.iter().enumerate() {
+        out.push(match col {
+            Col::Int => Val::Int(row.try_get::<i64, _>(i)?),
+            Col::Real => Val::Real(row.try_get::<f64, _>(i)?),
+            Col::Text => Val::Text(row.try_get::<String, _>(i)?),
+            Col::OptInt => row.try_get::<Option<i64>, _>(i)?.map_or(Val::Null, Val::Int),
+            Col::OptText => row.try_get::<Option<String>, _>(i)?.map_or(Val::Null, Val::Text),
+        });
+    }
+    Ok(Row(out))
+}
+
+/// True if `err` is a unique-constraint violation (used to turn races into well-defined outcomes).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres_and_left_alone_for_sqlite() {
+        let mut sql = Sql::new("SELECT 1 FROM t WHERE a = ");
+        sql.bind(1i64).push(" AND b = ").bind("x");
+        assert_eq!(sql.render(Backend::Postgres), "SELECT 1 FROM t WHERE a = $1 AND b = $2");
+        assert_eq!(sql.render(Backend::Sqlite), "SELECT 1 FROM t WHERE a = ? AND b = ?");
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded_for_both_databases_with_the_same_versions() {
+        for (dir, list) in [("sqlite", SQLITE_MIGRATIONS), ("postgres", POSTGRES_MIGRATIONS)] {
+            let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut files: Vec<String> = std::fs::read_dir(&path)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            files.sort();
+            let versions: Vec<i64> = files
+                .iter()
+                .filter_map(|f| f.split('_').next().and_then(|v| v.parse().ok()))
+                .collect();
+            let listed: Vec<i64> = list.iter().map(|(v, _, _)| *v).collect();
+            assert_eq!(versions, listed, "{dir} migrations on disk and embedded differ");
+        }
+        let a: Vec<i64> = SQLITE_MIGRATIONS.iter().map(|m| m.0).collect();
+        let b: Vec<i64> = POSTGRES_MIGRATIONS.iter().map(|m| m.0).collect();
+        assert_eq!(a, b);
+    }
+}

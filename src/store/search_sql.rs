@@ -1,0 +1,603 @@
+//! Runs parsed searches as SQL over the index tables: criteria as EXISTS sub-queries, keyset (cursor) paging over
+//! the sort keys — never OFFSET — and `_include`/`_revinclude` (https://hl7.org/fhir/R4/search.html).
+
+use crate::error::Result;
+use crate::fhir::datetime::now_micros;
+use crate::fhir::registry::{self, ParamKind};
+use crate::fhir::search::{
+    Criterion, Cursor, Direction, Include, KeyValue, Modifier, Prefix, SearchQuery, SearchValue, SortKey, Target,
+    TokenSystem, TotalMode,
+};
+
+use super::db::{Col, Sql, Tx, Val};
+use super::{RESOURCE_COLS, RESOURCE_KINDS, Store, StoredResource, resource_from_row};
+
+/// One page of results.
+#[derive(Debug, Default)]
+pub struct SearchPage {
+    pub matches: Vec<StoredResource>,
+    pub includes: Vec<StoredResource>,
+    pub total: Option<i64>,
+    pub next: Option<Cursor>,
+    pub prev: Option<Cursor>,
+}
+
+fn index_table(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::Token => "idx_token",
+        ParamKind::String => "idx_string",
+        ParamKind::Date => "idx_date",
+        ParamKind::Reference => "idx_reference",
+        ParamKind::Quantity | ParamKind::Number => "idx_quantity",
+        ParamKind::Uri => "idx_uri",
+    }
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The date comparison of R4 (https://hl7.org/fhir/R4/search.html#prefix) between an indexed range `[lo, hi]`
+/// (column expressions) and a search range.
+fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, shi: i64) {
+    match prefix {
+        Prefix::Eq => {
+            sql.push(&format!("({lo} >= ")).bind(slo).push(&format!(" AND {hi} <= ")).bind(shi).push(")");
+        }
+        Prefix::Ne => {
+            sql.push(&format!("({lo} < ")).bind(slo).push(&format!(" OR {hi} > ")).bind(shi).push(")");
+        }
+        Prefix::Gt => {
+            sql.push(&format!("{hi} > ")).bind(shi);
+        }
+        Prefix::Lt => {
+            sql.push(&format!("{lo} < ")).bind(slo);
+        }
+        Prefix::Ge => {
+            sql.push(&format!("({hi} > ")).bind(shi);
+            sql.push(&format!(" OR ({lo} >= ")).bind(slo).push(&format!(" AND {hi} <= ")).bind(shi).push("))");
+        }
+        Prefix::Le => {
+            sql.push(&format!("({lo} < ")).bind(slo);
+            sql.push(&format!(" OR ({lo} >= ")).bind(slo).push(&format!(" AND {hi} <= ")).bind(shi).push("))");
+        }
+        Prefix::Sa => {
+            sql.push(&format!("{lo} > ")).bind(shi);
+        }
+        Prefix::Eb => {
+            sql.push(&format!("{hi} < ")).bind(slo);
+        }
+        Prefix::Ap => {
+            // Approximately: the ranges overlap once the search range is widened by 10 % of its distance from now.
+            let now = now_micros();
+            let slack = ((now - slo).abs() / 10).max(86_400_000_000);
+            sql.push(&format!("({lo} <= ")).bind(shi.saturating_add(slack));
+            sql.push(&format!(" AND {hi} >= ")).bind(slo.saturating_sub(slack)).push(")");
+        }
+    }
+}
+
+fn number_condition(sql: &mut Sql, prefix: Prefix, value: f64, lo: f64, hi: f64) {
+    match prefix {
+        Prefix::Eq => {
+            sql.push("(x.value >= ").bind(lo).push(" AND x.value < ").bind(hi).push(")");
+        }
+        Prefix::Ne => {
+            sql.push("(x.value < ").bind(lo).push(" OR x.value >= ").bind(hi).push(")");
+        }
+        Prefix::Gt | Prefix::Sa => {
+            sql.push("x.value > ").bind(value);
+        }
+        Prefix::Lt | Prefix::Eb => {
+            sql.push("x.value < ").bind(value);
+        }
+        Prefix::Ge => {
+            sql.push("x.value >= ").bind(value);
+        }
+        Prefix::Le => {
+            sql.push("x.value <= ").bind(value);
+        }
+        Prefix::Ap => {
+            let slack = (value * 0.1).abs();
+            sql.push("(x.value >= ").bind(value - slack).push(" AND x.value <= ").bind(value + slack).push(")");
+        }
+    }
+}
+
+/// The condition on one index row `x` for one value.
+fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
+    match value {
+        SearchValue::Token { system, code } => {
+            sql.push("(1 = 1");
+            match system {
+                TokenSystem::Any => {}
+                TokenSystem::None => {
+                    sql.push(" AND x.system IS NULL");
+                }
+                TokenSystem::Is(s) => {
+                    sql.push(" AND x.system = ").bind(s.as_str());
+                }
+            }
+            if let Some(c) = code {
+                sql.push(" AND x.code = ").bind(c.as_str());
+            }
+            sql.push(")");
+        }
+        SearchValue::String(s) => match criterion.modifier {
+            Modifier::Exact => {
+                sql.push("x.exact = ").bind(s.as_str());
+            }
+            Modifier::Contains => {
+                sql.push("x.norm LIKE ").bind(format!("%{}%", escape_like(s))).push(" ESCAPE '\\'");
+            }
+            _ => {
+                sql.push("x.norm LIKE ").bind(format!("{}%", escape_like(s))).push(" ESCAPE '\\'");
+            }
+        },
+        SearchValue::Date { prefix, range } => date_condition(sql, "x.lo", "x.hi", *prefix, range.lo, range.hi),
+        SearchValue::Number {
+            prefix,
+            value,
+            lo,
+            hi,
+            system,
+            code,
+        } => {
+            sql.push("(");
+            number_condition(sql, *prefix, *value, *lo, *hi);
+            if let Some(s) = system {
+                sql.push(" AND x.system = ").bind(s.as_str());
+            }
+            if let Some(c) = code {
+                if system.is_some() {
+                    sql.push(" AND x.code = ").bind(c.as_str());
+                } else {
+                    sql.push(" AND (x.code = ").bind(c.as_str()).push(" OR x.unit = ").bind(c.as_str()).push(")");
+                }
+            }
+            sql.push(")");
+        }
+        SearchValue::Reference { target_type, id, url } => {
+            sql.push("(1 = 1");
+            if let Some(t) = target_type {
+                sql.push(" AND x.target_type = ").bind(t.as_str());
+            }
+            if let Some(i) = id {
+                sql.push(" AND x.target_id = ").bind(i.as_str());
+            }
+            if let Some(u) = url {
+                sql.push(" AND x.url = ").bind(u.as_str());
+            }
+            sql.push(")");
+        }
+        SearchValue::Uri(u) => match criterion.modifier {
+            Modifier::Below => {
+                sql.push("x.uri LIKE ").bind(format!("{}%", escape_like(u))).push(" ESCAPE '\\'");
+            }
+            Modifier::Above => {
+                sql.push(" ").bind(u.as_str()).push(" LIKE (x.uri || '%')");
+            }
+            _ => {
+                sql.push("x.uri = ").bind(u.as_str());
+            }
+        },
+    }
+}
+
+/// The SQL condition for one criterion on the resource aliased `alias`.
+fn criterion_condition(sql: &mut Sql, resource_type: &str, criterion: &Criterion, alias: &str) {
+    if let Some(chain) = &criterion.chain {
+        sql.push(&format!(
+            "EXISTS (SELECT 1 FROM idx_reference cx JOIN resources ct ON ct.res_type = cx.target_type AND ct.id = cx.target_id AND ct.deleted = 0 WHERE cx.res_pk = {alias}.pk AND cx.param = "
+        ));
+        sql.bind(chain.reference.name).push(" AND cx.target_type IN (");
+        for (i, t) in chain.target_types.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(t.as_str());
+        }
+        sql.push(") AND ");
+        let inner_type = chain.target_types.first().map(String::as_str).unwrap_or(resource_type);
+        criterion_condition(sql, inner_type, &chain.inner, "ct");
+        sql.push(")");
+        return;
+    }
+    match criterion.target {
+        Target::Id => {
+            let negate = criterion.modifier == Modifier::Not;
+            sql.push(if negate { "NOT (" } else { "(" });
+            for (i, v) in criterion.values.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                if let SearchValue::Token { code: Some(c), .. } = v {
+                    sql.push(&format!("{alias}.id = ")).bind(c.as_str());
+                } else {
+                    sql.push("1 = 0");
+                }
+            }
+            sql.push(")");
+        }
+        Target::LastUpdated => {
+            sql.push("(");
+            for (i, v) in criterion.values.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                if let SearchValue::Date { prefix, range } = v {
+                    let col = format!("{alias}.last_updated");
+                    date_condition(sql, &col, &col, *prefix, range.lo, range.hi);
+                } else {
+                    sql.push("1 = 0");
+                }
+            }
+            sql.push(")");
+        }
+        Target::Param(def) => {
+            let table = index_table(def.kind);
+            let exists = |sql: &mut Sql| {
+                sql.push(&format!("EXISTS (SELECT 1 FROM {table} x WHERE x.res_pk = {alias}.pk AND x.param = "));
+                sql.bind(def.name);
+            };
+            match criterion.modifier {
+                Modifier::Missing(missing) => {
+                    if missing {
+                        sql.push("NOT ");
+                    }
+                    exists(sql);
+                    sql.push(")");
+                }
+                Modifier::Not => {
+                    sql.push("NOT ");
+                    exists(sql);
+                    sql.push(" AND (");
+                    or_values(sql, criterion);
+                    sql.push("))");
+                }
+                _ => {
+                    exists(sql);
+                    sql.push(" AND (");
+                    or_values(sql, criterion);
+                    sql.push("))");
+                }
+            }
+        }
+    }
+}
+
+fn or_values(sql: &mut Sql, criterion: &Criterion) {
+    for (i, v) in criterion.values.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        value_condition(sql, criterion, v);
+    }
+}
+
+/// `WHERE` of the base query: type, not deleted, every criterion and the compartment.
+fn where_clause(q: &SearchQuery) -> Sql {
+    let mut sql = Sql::new("r.res_type = ");
+    sql.bind(q.resource_type.as_str()).push(" AND r.deleted = 0");
+    for c in &q.criteria {
+        sql.push(" AND ");
+        criterion_condition(&mut sql, &q.resource_type, c, "r");
+    }
+    if let Some(patient_id) = &q.compartment {
+        sql.push(" AND ");
+        compartment_condition(&mut sql, &q.resource_type, patient_id, "r");
+    }
+    sql
+}
+
+/// Membership of the resource `alias` in a patient's compartment
+/// (https://hl7.org/fhir/R4/compartmentdefinition-patient.html).
+pub fn compartment_condition(sql: &mut Sql, resource_type: &str, patient_id: &str, alias: &str) {
+    let params = registry::patient_compartment_params(resource_type);
+    sql.push("(");
+    if resource_type == "Patient" {
+        sql.push(&format!("{alias}.id = ")).bind(patient_id).push(" OR ");
+    }
+    if params.is_empty() {
+        sql.push("1 = 0)");
+        return;
+    }
+    sql.push(&format!(
+        "EXISTS (SELECT 1 FROM idx_reference px WHERE px.res_pk = {alias}.pk AND px.target_type = 'Patient' AND px.target_id = "
+    ));
+    sql.bind(patient_id).push(" AND px.param IN (");
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(*p);
+    }
+    sql.push(")))");
+}
+
+/// The sort key expression and the kind of value it yields. Missing values sort last in both directions.
+fn sort_expression(key: &SortKey) -> (String, Col, Val) {
+    const HIGH_TEXT: &str = "\u{10FFFF}";
+    let (agg, sentinel_int, sentinel_real, sentinel_text) = if key.descending {
+        ("MAX", i64::MIN, f64::MIN, "")
+    } else {
+        ("MIN", i64::MAX, f64::MAX, HIGH_TEXT)
+    };
+    match key.target {
+        Target::Id => ("r.id".into(), Col::Text, Val::Null),
+        Target::LastUpdated => ("r.last_updated".into(), Col::Int, Val::Null),
+        Target::Param(def) => {
+            let table = index_table(def.kind);
+            let (column, col, sentinel) = match def.kind {
+                ParamKind::Date => (if key.descending { "hi" } else { "lo" }, Col::Int, Val::Int(sentinel_int)),
+                ParamKind::String => ("norm", Col::Text, Val::Text(sentinel_text.into())),
+                ParamKind::Token => ("code", Col::Text, Val::Text(sentinel_text.into())),
+                ParamKind::Reference => ("url", Col::Text, Val::Text(sentinel_text.into())),
+                ParamKind::Uri => ("uri", Col::Text, Val::Text(sentinel_text.into())),
+                ParamKind::Quantity | ParamKind::Number => ("value", Col::Real, Val::Real(sentinel_real)),
+            };
+            (
+                format!(
+                    "(SELECT {agg}(x.{column}) FROM {table} x WHERE x.res_pk = r.pk AND x.param = '{}')",
+                    def.name.replace('\'', "")
+                ),
+                col,
+                sentinel,
+            )
+        }
+    }
+}
+
+fn key_to_val(k: &KeyValue) -> Val {
+    match k {
+        KeyValue::Int(i) => Val::Int(*i),
+        KeyValue::Real(r) => Val::Real(*r),
+        KeyValue::Text(s) => Val::Text(s.clone()),
+    }
+}
+
+fn val_to_key(v: &Val) -> KeyValue {
+    match v {
+        Val::Int(i) => KeyValue::Int(*i),
+        Val::Real(r) => KeyValue::Real(*r),
+        Val::Text(s) => KeyValue::Text(s.clone()),
+        Val::Null => KeyValue::Int(0),
+    }
+}
+
+impl Store {
+    /// Runs a search and returns one page plus its includes.
+    pub async fn search(&self, tx: &mut Tx, q: &SearchQuery) -> Result<SearchPage> {
+        let mut page = SearchPage::default();
+        if q.total == TotalMode::Accurate || q.count == 0 {
+            let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE ");
+            sql.append(&where_clause(q));
+            let rows = tx.fetch(&sql, &[Col::Int]).await?;
+            page.total = rows.first().map(|r| r.int(0));
+        }
+        if q.count == 0 {
+            return Ok(page);
+        }
+
+        let sort_exprs: Vec<(String, Col, Val)> = q.sort.iter().map(sort_expression).collect();
+        let mut inner = Sql::new(&format!("SELECT {RESOURCE_COLS}"));
+        for (i, (expr, _, sentinel)) in sort_exprs.iter().enumerate() {
+            match sentinel {
+                Val::Null => inner.push(&format!(", {expr} AS k{i}")),
+                _ => inner.push(&format!(", COALESCE({expr}, ")).bind(sentinel.clone()).push(&format!(") AS k{i}")),
+            };
+        }
+        inner.push(" FROM resources r WHERE ").append(&where_clause(q));
+
+        let backwards = matches!(&q.cursor, Some(c) if c.direction == Direction::Prev);
+        let mut sql = Sql::new("SELECT * FROM (");
+        sql.append(&inner).push(") s");
+        if let Some(cursor) = &q.cursor {
+            sql.push(" WHERE ");
+            keyset_condition(&mut sql, &q.sort, cursor);
+        }
+        sql.push(" ORDER BY ");
+        for (i, key) in q.sort.iter().enumerate() {
+            let desc = key.descending != backwards;
+            sql.push(&format!("s.k{i} {}, ", if desc { "DESC" } else { "ASC" }));
+        }
+        sql.push(if backwards { "s.pk DESC" } else { "s.pk ASC" });
+        sql.push(" LIMIT ").bind((q.count + 1) as i64);
+
+        let mut cols: Vec<Col> = RESOURCE_KINDS.to_vec();
+        cols.extend(sort_exprs.iter().map(|(_, c, _)| *c));
+        let mut rows = tx.fetch(&sql, &cols).await?;
+        let more = rows.len() > q.count;
+        rows.truncate(q.count);
+        if backwards {
+            rows.reverse();
+        }
+        let cursor_at = |row: &super::db::Row, direction: Direction| Cursor {
+            direction,
+            keys: (0..q.sort.len())
+                .map(|i| val_to_key(row.0.get(RESOURCE_KINDS.len() + i).unwrap_or(&Val::Null)))
+                .collect(),
+            pk: row.int(0),
+        };
+        let (first, last) = (rows.first(), rows.last());
+        if backwards {
+            page.prev = if more { first.map(|r| cursor_at(r, Direction::Prev)) } else { None };
+            page.next = last.map(|r| cursor_at(r, Direction::Next));
+        } else {
+            page.next = if more { last.map(|r| cursor_at(r, Direction::Next)) } else { None };
+            page.prev = if q.cursor.is_some() {
+                first.map(|r| cursor_at(r, Direction::Prev))
+            } else {
+                None
+            };
+        }
+        page.matches = rows
+            .into_iter()
+            .map(|mut r| {
+                r.0.truncate(RESOURCE_KINDS.len());
+                resource_from_row(r)
+            })
+            .collect();
+        page.includes = self.includes(tx, q, &page.matches).await?;
+        Ok(page)
+    }
+
+    /// `_include` and `_revinclude` for a page, with one `:iterate` round over what was included.
+    async fn includes(&self, tx: &mut Tx, q: &SearchQuery, matches: &[StoredResource]) -> Result<Vec<StoredResource>> {
+        let mut seen: std::collections::HashSet<i64> = matches.iter().map(|r| r.pk).collect();
+        let mut out: Vec<StoredResource> = Vec::new();
+        let mut round: Vec<StoredResource> = matches.to_vec();
+        for iteration in 0..2 {
+            let mut found = Vec::new();
+            for inc in q.include.iter().filter(|i| iteration == 0 || i.iterate) {
+                found.extend(self.include_targets(tx, inc, &round, q.compartment.as_deref()).await?);
+            }
+            for inc in q.revinclude.iter().filter(|i| iteration == 0 || i.iterate) {
+                found.extend(self.revinclude_sources(tx, inc, &round, q.compartment.as_deref()).await?);
+            }
+            round = found.into_iter().filter(|r| seen.insert(r.pk)).collect();
+            out.extend(round.iter().cloned());
+            if round.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn include_targets(
+        &self,
+        tx: &mut Tx,
+        inc: &Include,
+        from: &[StoredResource],
+        compartment: Option<&str>,
+    ) -> Result<Vec<StoredResource>> {
+        let pks: Vec<i64> = from.iter().filter(|r| r.res_type == inc.source_type).map(|r| r.pk).collect();
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cols = RESOURCE_COLS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = Sql::new(&format!(
+            "SELECT DISTINCT {cols} FROM idx_reference x JOIN resources r ON r.res_type = x.target_type AND r.id = x.target_id AND r.deleted = 0 WHERE x.param = "
+        ));
+        sql.bind(inc.param.name);
+        if let Some(t) = &inc.target_type {
+            sql.push(" AND x.target_type = ").bind(t.as_str());
+        }
+        sql.push(" AND x.res_pk IN (");
+        for (i, pk) in pks.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(*pk);
+        }
+        sql.push(")");
+        let mut found: Vec<StoredResource> = tx
+            .fetch(&sql, RESOURCE_KINDS)
+            .await?
+            .into_iter()
+            .map(resource_from_row)
+            .collect();
+        if let Some(patient) = compartment {
+            found = self.filter_compartment(tx, found, patient).await?;
+        }
+        Ok(found)
+    }
+
+    async fn revinclude_sources(
+        &self,
+        tx: &mut Tx,
+        inc: &Include,
+        from: &[StoredResource],
+        compartment: Option<&str>,
+    ) -> Result<Vec<StoredResource>> {
+        if from.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {} FROM resources r WHERE r.res_type = ",
+            RESOURCE_COLS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+        ));
+        sql.bind(inc.source_type.as_str())
+            .push(" AND r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x WHERE x.res_pk = r.pk AND x.param = ")
+            .bind(inc.param.name)
+            .push(" AND (");
+        for (i, target) in from.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(x.target_type = ")
+                .bind(target.res_type.as_str())
+                .push(" AND x.target_id = ")
+                .bind(target.id.as_str())
+                .push(")");
+        }
+        sql.push("))");
+        if let Some(patient) = compartment {
+            sql.push(" AND ");
+            compartment_condition(&mut sql, &inc.source_type, patient, "r");
+        }
+        Ok(tx
+            .fetch(&sql, RESOURCE_KINDS)
+            .await?
+            .into_iter()
+            .map(resource_from_row)
+            .collect())
+    }
+
+    /// Keeps only the resources in a patient's compartment.
+    pub async fn filter_compartment(
+        &self,
+        tx: &mut Tx,
+        resources: Vec<StoredResource>,
+        patient_id: &str,
+    ) -> Result<Vec<StoredResource>> {
+        let mut kept = Vec::with_capacity(resources.len());
+        for r in resources {
+            let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE r.pk = ");
+            sql.bind(r.pk).push(" AND ");
+            compartment_condition(&mut sql, &r.res_type, patient_id, "r");
+            let rows = tx.fetch(&sql, &[Col::Int]).await?;
+            if rows.first().map(|x| x.int(0)).unwrap_or(0) > 0 {
+                kept.push(r);
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// Rows strictly after (or, for a `Prev` cursor, before) the cursor position in the sort order.
+fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
+    let backwards = cursor.direction == Direction::Prev;
+    sql.push("(");
+    // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR … OR (all equal AND pk > p), with > flipped for descending keys.
+    for level in 0..=sort.len() {
+        if level > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(");
+        for (i, value) in cursor.keys.iter().enumerate().take(level) {
+            sql.push(&format!("s.k{i} = ")).bind(key_to_val(value)).push(" AND ");
+        }
+        if level < sort.len() {
+            let desc = sort[level].descending != backwards;
+            let op = if desc { "<" } else { ">" };
+            let value = cursor.keys.get(level).map(key_to_val).unwrap_or(Val::Null);
+            sql.push(&format!("s.k{level} {op} ")).bind(value);
+        } else {
+            sql.push(&format!("s.pk {} ", if backwards { "<" } else { ">" })).bind(cursor.pk);
+        }
+        sql.push(")");
+    }
+    sql.push(")");
+}

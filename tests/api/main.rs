@@ -1,0 +1,10 @@
+//! Integration tests: the gateway over HTTP, on SQLite by default and on PostgreSQL when
+//! `KAPGW_TEST_POSTGRES_URL` is set (each test gets its own database).
+
+mod helpers;
+
+mod errors;
+mod fhir_search;
+mod fhir_write;
+mod r4_examples;
+mod transaction;
