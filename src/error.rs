@@ -97,8 +97,15 @@ impl Error {
     }
 
     /// 400 about one element.
-    pub fn invalid_at(code: &'static str, message: impl Into<String>, expression: impl Into<String>) -> Error {
-        Error::with_issues(ErrorKind::BadRequest, vec![Issue::error(code, message).at(expression)])
+    pub fn invalid_at(
+        code: &'static str,
+        message: impl Into<String>,
+        expression: impl Into<String>,
+    ) -> Error {
+        Error::with_issues(
+            ErrorKind::BadRequest,
+            vec![Issue::error(code, message).at(expression)],
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Error {
@@ -129,7 +136,10 @@ impl Error {
     pub fn internal(cause: impl Into<anyhow::Error>) -> Error {
         Error {
             kind: ErrorKind::Internal,
-            issues: vec![Issue::error("exception", "The server failed to process the request; see its log")],
+            issues: vec![Issue::error(
+                "exception",
+                "The server failed to process the request; see its log",
+            )],
             www_authenticate: None,
             source: Some(cause.into()),
         }

@@ -57,22 +57,28 @@ impl DbArgs {
 }
 
 fn load(cli: &Cli, args: &DbArgs) -> Result<Config, String> {
-    Config::load(cli.config.as_deref(), &args.overrides()).map_err(|e| format!("configuration error: {e}"))
+    Config::load(cli.config.as_deref(), &args.overrides())
+        .map_err(|e| format!("configuration error: {e}"))
 }
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.as_ref().map_or(Command::Serve(DbArgs::default()), |c| match c {
-        Command::Serve(a) => Command::Serve(a.clone()),
-        Command::Migrate(a) => Command::Migrate(a.clone()),
-        Command::Config(a) => Command::Config(a.clone()),
-    });
+    let command = cli
+        .command
+        .as_ref()
+        .map_or(Command::Serve(DbArgs::default()), |c| match c {
+            Command::Serve(a) => Command::Serve(a.clone()),
+            Command::Migrate(a) => Command::Migrate(a.clone()),
+            Command::Config(a) => Command::Config(a.clone()),
+        });
     let result = match &command {
         Command::Serve(args) => serve(&cli, args).await,
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Config(args) => load(&cli, args).and_then(|c| {
-            toml::to_string(&c).map(|s| print!("{s}")).map_err(|e| e.to_string())
+            toml::to_string(&c)
+                .map(|s| print!("{s}"))
+                .map_err(|e| e.to_string())
         }),
     };
     match result {
@@ -87,7 +93,9 @@ async fn main() -> ExitCode {
 async fn serve(cli: &Cli, args: &DbArgs) -> Result<(), String> {
     let config = load(cli, args)?;
     kap_gateway::telemetry::init(&config.log_level, &config.log_format);
-    let app = Application::build(config.clone()).await.map_err(|e| format!("{e:#}"))?;
+    let app = Application::build(config.clone())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
     tracing::info!(
         port = app.port(),
         database = config.database_url.split(':').next().unwrap_or(""),

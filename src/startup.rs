@@ -28,7 +28,9 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     let db = Db::connect(&config.database_url, config.db_max_connections)
         .await
         .with_context(|| format!("cannot open the {} database", scheme(&config.database_url)))?;
-    db.migrate().await.context("cannot apply database migrations")?;
+    db.migrate()
+        .await
+        .context("cannot apply database migrations")?;
     Ok(Store::new(db))
 }
 
@@ -55,12 +57,17 @@ pub fn build_state(config: &Config, store: Store, base_url: String) -> AppState 
 impl Application {
     /// Binds the listener (port 0 picks a free port), connects the store and builds the server.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(&config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = TcpListener::bind(&config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         let port = listener.local_addr()?.port();
         let base_url = match &config.base_url {
             Some(_) => config.fhir_base_url(),
             None => {
-                let host = config.listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+                let host = config
+                    .listen
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or("127.0.0.1");
                 format!("http://{host}:{port}/fhir")
             }
         };
@@ -75,7 +82,11 @@ impl Application {
             server = server.workers(config.http_workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Application { port, server, state })
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {

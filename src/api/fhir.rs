@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::AppState;
 use super::response::{
-    json_response, negotiate, parse_json, prefer_return, prefer_strict, read_body, resource_response,
-    write_response, Return,
+    Return, json_response, negotiate, parse_json, prefer_return, prefer_strict, read_body,
+    resource_response, write_response,
 };
 use crate::error::{Error, Result};
 use crate::fhir::capability::capability_statement;
@@ -17,15 +17,25 @@ use crate::fhir::datetime::parse_range;
 use crate::fhir::outcome::information;
 use crate::service::{bundle, parse_etag, parse_query_string};
 
-const JSON_TYPES: &[&str] = &["application/fhir+json", "application/json", "application/json+fhir"];
+const JSON_TYPES: &[&str] = &[
+    "application/fhir+json",
+    "application/json",
+    "application/json+fhir",
+];
 const PATCH_TYPES: &[&str] = &["application/json-patch+json"];
 
 fn if_match(req: &HttpRequest) -> Result<Option<i64>> {
-    match req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+    match req
+        .headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
         None => Ok(None),
-        Some(v) => parse_etag(v)
-            .map(Some)
-            .ok_or_else(|| Error::bad_request(format!("If-Match '{v}' is not a version ETag such as W/\"3\""))),
+        Some(v) => parse_etag(v).map(Some).ok_or_else(|| {
+            Error::bad_request(format!(
+                "If-Match '{v}' is not a version ETag such as W/\"3\""
+            ))
+        }),
     }
 }
 
@@ -41,15 +51,26 @@ async fn body_json(state: &AppState, req: &HttpRequest, payload: web::Payload) -
 /// capabilities: `GET /fhir/metadata` — https://hl7.org/fhir/R4/http.html#capabilities
 pub async fn metadata(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
     negotiate(&req)?;
-    Ok(json_response(&req, StatusCode::OK, &capability_statement(&state.capability)))
+    Ok(json_response(
+        &req,
+        StatusCode::OK,
+        &capability_statement(&state.capability),
+    ))
 }
 
 /// read: `GET /fhir/{type}/{id}` — https://hl7.org/fhir/R4/http.html#read
-pub async fn read(state: web::Data<AppState>, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse> {
+pub async fn read(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (res_type, id) = path.into_inner();
     let r = state.fhir.read(&res_type, &id).await?;
-    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+    if let Some(inm) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
         && parse_etag(inm) == Some(r.version)
     {
         return Ok(HttpResponse::NotModified()
@@ -86,8 +107,16 @@ pub async fn create(
         .get("if-none-exist")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let out = state.fhir.create(&res_type, body, if_none_exist.as_deref()).await?;
-    Ok(write_response(&req, &state.base_url, &out.resource, out.created))
+    let out = state
+        .fhir
+        .create(&res_type, body, if_none_exist.as_deref())
+        .await?;
+    Ok(write_response(
+        &req,
+        &state.base_url,
+        &out.resource,
+        out.created,
+    ))
 }
 
 /// update: `PUT /fhir/{type}/{id}` (update-as-create allowed) — https://hl7.org/fhir/R4/http.html#update
@@ -100,8 +129,16 @@ pub async fn update(
     negotiate(&req)?;
     let (res_type, id) = path.into_inner();
     let body = body_json(&state, &req, payload).await?;
-    let out = state.fhir.update(&res_type, &id, body, if_match(&req)?).await?;
-    Ok(write_response(&req, &state.base_url, &out.resource, out.created))
+    let out = state
+        .fhir
+        .update(&res_type, &id, body, if_match(&req)?)
+        .await?;
+    Ok(write_response(
+        &req,
+        &state.base_url,
+        &out.resource,
+        out.created,
+    ))
 }
 
 /// conditional update: `PUT /fhir/{type}?criteria` — https://hl7.org/fhir/R4/http.html#cond-update
@@ -115,8 +152,16 @@ pub async fn conditional_update(
     let res_type = path.into_inner();
     let body = body_json(&state, &req, payload).await?;
     let params = query_pairs(&req);
-    let out = state.fhir.conditional_update(&res_type, &params, body, if_match(&req)?).await?;
-    Ok(write_response(&req, &state.base_url, &out.resource, out.created))
+    let out = state
+        .fhir
+        .conditional_update(&res_type, &params, body, if_match(&req)?)
+        .await?;
+    Ok(write_response(
+        &req,
+        &state.base_url,
+        &out.resource,
+        out.created,
+    ))
 }
 
 /// patch: `PATCH /fhir/{type}/{id}` with JSON Patch — https://hl7.org/fhir/R4/http.html#patch
@@ -130,8 +175,16 @@ pub async fn patch(
     let (res_type, id) = path.into_inner();
     let body = read_body(&req, payload, state.config.max_body_bytes, PATCH_TYPES).await?;
     let patch = parse_json(&body)?;
-    let out = state.fhir.patch(&res_type, &id, patch, if_match(&req)?).await?;
-    Ok(write_response(&req, &state.base_url, &out.resource, out.created))
+    let out = state
+        .fhir
+        .patch(&res_type, &id, patch, if_match(&req)?)
+        .await?;
+    Ok(write_response(
+        &req,
+        &state.base_url,
+        &out.resource,
+        out.created,
+    ))
 }
 
 fn delete_response(req: &HttpRequest, message: String, etag: Option<String>) -> HttpResponse {
@@ -140,13 +193,18 @@ fn delete_response(req: &HttpRequest, message: String, etag: Option<String>) -> 
         _ => HttpResponse::NoContent().finish(),
     };
     if let Some(e) = etag {
-        resp.headers_mut().insert(header::ETAG, super::response::header_value(&e));
+        resp.headers_mut()
+            .insert(header::ETAG, super::response::header_value(&e));
     }
     resp
 }
 
 /// delete: `DELETE /fhir/{type}/{id}` — https://hl7.org/fhir/R4/http.html#delete
-pub async fn delete(state: web::Data<AppState>, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse> {
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (res_type, id) = path.into_inner();
     let deleted = state.fhir.delete(&res_type, &id, if_match(&req)?).await?;
@@ -158,7 +216,11 @@ pub async fn delete(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
 }
 
 /// conditional delete: `DELETE /fhir/{type}?criteria` — https://hl7.org/fhir/R4/http.html#cdelete
-pub async fn conditional_delete(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn conditional_delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     negotiate(&req)?;
     let res_type = path.into_inner();
     let params = query_pairs(&req);
@@ -170,14 +232,29 @@ pub async fn conditional_delete(state: web::Data<AppState>, req: HttpRequest, pa
     Ok(delete_response(&req, message, deleted.map(|d| d.etag())))
 }
 
-async fn run_search(state: &AppState, req: &HttpRequest, res_type: &str, params: Vec<(String, String)>) -> Result<HttpResponse> {
-    let q = state.fhir.parse_search(res_type, &params, prefer_strict(req))?;
+async fn run_search(
+    state: &AppState,
+    req: &HttpRequest,
+    res_type: &str,
+    params: Vec<(String, String)>,
+) -> Result<HttpResponse> {
+    let q = state
+        .fhir
+        .parse_search(res_type, &params, prefer_strict(req))?;
     let page = state.fhir.search(&q).await?;
-    Ok(json_response(req, StatusCode::OK, &bundle::searchset(&state.base_url, &q, &page)))
+    Ok(json_response(
+        req,
+        StatusCode::OK,
+        &bundle::searchset(&state.base_url, &q, &page),
+    ))
 }
 
 /// search: `GET /fhir/{type}?…` — https://hl7.org/fhir/R4/http.html#search
-pub async fn search(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn search(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     negotiate(&req)?;
     let res_type = path.into_inner();
     run_search(&state, &req, &res_type, query_pairs(&req)).await
@@ -192,7 +269,13 @@ pub async fn search_post(
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let res_type = path.into_inner();
-    let body = read_body(&req, payload, state.config.max_body_bytes, &["application/x-www-form-urlencoded"]).await?;
+    let body = read_body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        &["application/x-www-form-urlencoded"],
+    )
+    .await?;
     let mut params = query_pairs(&req);
     params.extend(url::form_urlencoded::parse(&body).into_owned());
     run_search(&state, &req, &res_type, params).await
@@ -208,14 +291,26 @@ fn history_params(req: &HttpRequest) -> Result<(Option<i64>, usize, Option<i64>)
             "_since" => {
                 since = Some(
                     parse_range(&v)
-                        .ok_or_else(|| Error::invalid_at("invalid", format!("_since '{v}' is not a valid instant"), "_since"))?
+                        .ok_or_else(|| {
+                            Error::invalid_at(
+                                "invalid",
+                                format!("_since '{v}' is not a valid instant"),
+                                "_since",
+                            )
+                        })?
                         .lo,
                 )
             }
             "_count" => {
                 count = v
                     .parse::<usize>()
-                    .map_err(|_| Error::invalid_at("invalid", format!("_count '{v}' is not a number"), "_count"))?
+                    .map_err(|_| {
+                        Error::invalid_at(
+                            "invalid",
+                            format!("_count '{v}' is not a number"),
+                            "_count",
+                        )
+                    })?
                     .clamp(1, crate::fhir::search::MAX_COUNT)
             }
             "_before_entry" => before = v.parse().ok(),
@@ -233,7 +328,10 @@ async fn run_history(
 ) -> Result<HttpResponse> {
     negotiate(req)?;
     let (since, count, before) = history_params(req)?;
-    let (entries, total, more) = state.fhir.history(res_type, id, since, before, count).await?;
+    let (entries, total, more) = state
+        .fhir
+        .history(res_type, id, since, before, count)
+        .await?;
     let mut path = state.base_url.clone();
     if let Some(t) = res_type {
         path.push('/');
@@ -257,7 +355,11 @@ async fn run_history(
     } else {
         None
     };
-    Ok(json_response(req, StatusCode::OK, &bundle::history(&state.base_url, &self_url, &entries, total, next)))
+    Ok(json_response(
+        req,
+        StatusCode::OK,
+        &bundle::history(&state.base_url, &self_url, &entries, total, next),
+    ))
 }
 
 fn with_query(path: &str, params: &[(String, String)]) -> String {
@@ -281,7 +383,11 @@ pub async fn history_instance(
 }
 
 /// history-type: `GET /fhir/{type}/_history`
-pub async fn history_type(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse> {
+pub async fn history_type(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     let t = path.into_inner();
     run_history(&state, &req, Some(&t), None).await
 }
@@ -292,7 +398,11 @@ pub async fn history_system(state: web::Data<AppState>, req: HttpRequest) -> Res
 }
 
 /// batch/transaction: `POST /fhir` with a Bundle — https://hl7.org/fhir/R4/http.html#transaction
-pub async fn batch_or_transaction(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse> {
+pub async fn batch_or_transaction(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse> {
     negotiate(&req)?;
     let body = body_json(&state, &req, payload).await?;
     let response = state.fhir.process_bundle(body).await?;
@@ -309,6 +419,9 @@ pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse> {
 
 /// Anything that matches no route.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
-    Err(Error::not_found(format!("No route for {} {}", req.method(), req.path())))
+    Err(Error::not_found(format!(
+        "No route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
-

@@ -13,12 +13,16 @@ pub async fn live() -> HttpResponse {
 /// `GET /health/ready`: the database answers and every migration is applied.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match state.store.db.migrations_applied().await {
-        Ok(true) => HttpResponse::Ok().json(json!({ "status": "pass", "checks": { "database": "pass", "migrations": "pass" } })),
-        Ok(false) => HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "fail", "checks": { "database": "pass", "migrations": "fail" } })),
+        Ok(true) => HttpResponse::Ok().json(
+            json!({ "status": "pass", "checks": { "database": "pass", "migrations": "pass" } }),
+        ),
+        Ok(false) => HttpResponse::ServiceUnavailable().json(
+            json!({ "status": "fail", "checks": { "database": "pass", "migrations": "fail" } }),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "fail", "checks": { "database": "fail" } }))
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "fail", "checks": { "database": "fail" } }))
         }
     }
 }

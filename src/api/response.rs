@@ -32,17 +32,28 @@ impl ResponseError for Error {
     }
 }
 
-fn query_param<'a>(req: &'a HttpRequest, name: &str) -> Option<String> {
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
     url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
 
 fn is_json_type(media: &str) -> bool {
-    let m = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let m = media
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     matches!(
         m.as_str(),
-        "application/fhir+json" | "application/json" | "json" | "application/*" | "*/*" | "*" | "application/json+fhir"
+        "application/fhir+json"
+            | "application/json"
+            | "json"
+            | "application/*"
+            | "*/*"
+            | "*"
+            | "application/json+fhir"
     )
 }
 
@@ -54,11 +65,17 @@ pub fn negotiate(req: &HttpRequest) -> Result<(), Error> {
         } else {
             Err(Error::new(
                 ErrorKind::NotAcceptable,
-                format!("_format={format} is not supported: this server speaks FHIR JSON only (application/fhir+json)"),
+                format!(
+                    "_format={format} is not supported: this server speaks FHIR JSON only (application/fhir+json)"
+                ),
             ))
         };
     }
-    let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+    let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(());
     };
     if accept.trim().is_empty() || accept.split(',').any(is_json_type) {
@@ -66,7 +83,9 @@ pub fn negotiate(req: &HttpRequest) -> Result<(), Error> {
     } else {
         Err(Error::new(
             ErrorKind::NotAcceptable,
-            format!("Cannot produce '{accept}': this server speaks FHIR JSON only (application/fhir+json)"),
+            format!(
+                "Cannot produce '{accept}': this server speaks FHIR JSON only (application/fhir+json)"
+            ),
         ))
     }
 }
@@ -79,12 +98,24 @@ pub async fn read_body(
     limit: usize,
     allowed: &[&str],
 ) -> Result<web::BytesMut, Error> {
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if let Some(ct) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if !allowed.contains(&media.as_str()) {
             return Err(Error::new(
                 ErrorKind::UnsupportedMediaType,
-                format!("Content-Type '{media}' is not supported here; send {}", allowed.join(" or ")),
+                format!(
+                    "Content-Type '{media}' is not supported here; send {}",
+                    allowed.join(" or ")
+                ),
             ));
         }
     }
@@ -99,7 +130,8 @@ pub async fn read_body(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::bad_request(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| Error::bad_request(format!("Could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
@@ -118,7 +150,9 @@ fn too_large(limit: usize) -> Error {
 /// Parses a JSON body, naming where it is malformed. serde_json's nesting limit refuses absurdly deep documents.
 pub fn parse_json(body: &[u8]) -> Result<Value, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::bad_request("The request body is empty; a FHIR JSON resource is expected"));
+        return Err(Error::bad_request(
+            "The request body is empty; a FHIR JSON resource is expected",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         Error::with_issues(
@@ -192,22 +226,38 @@ pub fn http_date(micros: i64) -> String {
 }
 
 /// A resource response with ETag and Last-Modified; the stored text is sent as is unless `_pretty` is asked for.
-pub fn resource_response(req: &HttpRequest, status: StatusCode, r: &StoredResource) -> HttpResponse {
+pub fn resource_response(
+    req: &HttpRequest,
+    status: StatusCode,
+    r: &StoredResource,
+) -> HttpResponse {
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CONTENT_TYPE, FHIR_JSON))
         .insert_header((header::ETAG, r.etag()))
         .insert_header((header::LAST_MODIFIED, http_date(r.last_updated)));
     let body = match (&r.content, pretty(req)) {
         (Some(c), false) => c.clone(),
-        (Some(_), true) => r.json().map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default(),
+        (Some(_), true) => r
+            .json()
+            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+            .unwrap_or_default(),
         (None, _) => String::new(),
     };
     resp.body(body)
 }
 
 /// The response to a create or update, honouring `Prefer: return`.
-pub fn write_response(req: &HttpRequest, base: &str, r: &StoredResource, created: bool) -> HttpResponse {
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+pub fn write_response(
+    req: &HttpRequest,
+    base: &str,
+    r: &StoredResource,
+    created: bool,
+) -> HttpResponse {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let location = format!("{base}/{}/{}/_history/{}", r.res_type, r.id, r.version);
     let mut resp = match prefer_return(req) {
         Return::Representation => resource_response(req, status, r),
@@ -222,13 +272,18 @@ pub fn write_response(req: &HttpRequest, base: &str, r: &StoredResource, created
             let mut resp = json_response(
                 req,
                 status,
-                &information(format!("{verb} {}/{} version {}", r.res_type, r.id, r.version)),
+                &information(format!(
+                    "{verb} {}/{} version {}",
+                    r.res_type, r.id, r.version
+                )),
             );
-            resp.headers_mut().insert(header::ETAG, header_value(&r.etag()));
+            resp.headers_mut()
+                .insert(header::ETAG, header_value(&r.etag()));
             resp
         }
     };
-    resp.headers_mut().insert(header::LOCATION, header_value(&location));
+    resp.headers_mut()
+        .insert(header::LOCATION, header_value(&location));
     resp
 }
 

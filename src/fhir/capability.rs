@@ -77,7 +77,10 @@ pub fn capability_statement(input: &CapabilityInput) -> Value {
                 registry::type_params(src)
                     .unwrap_or(&[])
                     .iter()
-                    .filter(|p| p.kind == registry::ParamKind::Reference && (p.targets.is_empty() || p.targets.contains(t)))
+                    .filter(|p| {
+                        p.kind == registry::ParamKind::Reference
+                            && (p.targets.is_empty() || p.targets.contains(t))
+                    })
                     .map(move |p| format!("{src}:{}", p.name))
             })
             .collect();

@@ -75,5 +75,7 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
 
 /// An informational OperationOutcome (e.g. for `Prefer: return=OperationOutcome` on success).
 pub fn information(message: impl Into<String>) -> Value {
-    operation_outcome(&[Issue::error("informational", message).with_severity(Severity::Information)])
+    operation_outcome(
+        &[Issue::error("informational", message).with_severity(Severity::Information)],
+    )
 }

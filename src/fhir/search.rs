@@ -235,7 +235,8 @@ fn invalid(message: String, param: &str) -> Issue {
     Issue::error("invalid", message).at(param.to_owned())
 }
 
-/// Splits on unescaped commas (`\,` is a literal comma).
+/// Splits on unescaped commas (`\,` is a literal comma). The other escapes (`\|`, `\$`, `\\`) are kept for
+/// [`split_pipes`], so that an escaped `|` is not taken for the token or quantity separator.
 fn split_or(value: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -243,7 +244,12 @@ fn split_or(value: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.peek() {
-                Some(&n @ (',' | '|' | '$' | '\\')) => {
+                Some(&',') => {
+                    cur.push(',');
+                    chars.next();
+                }
+                Some(&n @ ('|' | '$' | '\\')) => {
+                    cur.push(c);
                     cur.push(n);
                     chars.next();
                 }
@@ -257,45 +263,89 @@ fn split_or(value: &str) -> Vec<String> {
     out
 }
 
-fn split_token(value: &str) -> (TokenSystem, Option<String>) {
-    match value.find('|') {
-        None => (TokenSystem::Any, Some(value.to_owned())),
-        Some(0) => (TokenSystem::None, Some(value[1..].to_owned()).filter(|s| !s.is_empty())),
-        Some(i) => {
-            let code = &value[i + 1..];
-            (
-                TokenSystem::Is(value[..i].to_owned()),
-                if code.is_empty() { None } else { Some(code.to_owned()) },
-            )
+/// Splits one value on unescaped `|` and resolves the escapes `\|`, `\$`, `\,` and `\\` in each part.
+fn split_pipes(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ (',' | '|' | '$' | '\\')) => cur.push(n),
+                Some(n) => {
+                    cur.push(c);
+                    cur.push(n);
+                }
+                None => cur.push(c),
+            },
+            '|' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
         }
+    }
+    out.push(cur);
+    out
+}
+
+/// One value with its escapes resolved, for the types where `|` has no meaning.
+fn unescape(value: &str) -> String {
+    split_pipes(value).join("|")
+}
+
+fn split_token(value: &str) -> (TokenSystem, Option<String>) {
+    let mut parts = split_pipes(value);
+    if parts.len() == 1 {
+        return (TokenSystem::Any, parts.pop());
+    }
+    let system = parts.remove(0);
+    let code = Some(parts.join("|")).filter(|c| !c.is_empty());
+    if system.is_empty() {
+        (TokenSystem::None, code)
+    } else {
+        (TokenSystem::Is(system), code)
     }
 }
 
 /// Parses one value for a parameter of `kind`.
-fn parse_value(kind: ParamKind, raw: &str, name: &str, base_url: &str) -> Result<SearchValue, Issue> {
+fn parse_value(
+    kind: ParamKind,
+    raw: &str,
+    name: &str,
+    base_url: &str,
+) -> Result<SearchValue, Issue> {
     match kind {
         ParamKind::Token => {
             let (system, code) = split_token(raw);
             Ok(SearchValue::Token { system, code })
         }
-        ParamKind::String => Ok(SearchValue::String(raw.to_owned())),
-        ParamKind::Uri => Ok(SearchValue::Uri(raw.to_owned())),
+        ParamKind::String => Ok(SearchValue::String(unescape(raw))),
+        ParamKind::Uri => Ok(SearchValue::Uri(unescape(raw))),
         ParamKind::Date => {
             let (prefix, rest) = Prefix::split(raw);
-            let range = parse_range(rest)
-                .ok_or_else(|| invalid(format!("Search parameter '{name}': '{raw}' is not a valid date"), name))?;
+            let range = parse_range(rest).ok_or_else(|| {
+                invalid(
+                    format!("Search parameter '{name}': '{raw}' is not a valid date"),
+                    name,
+                )
+            })?;
             Ok(SearchValue::Date { prefix, range })
         }
         ParamKind::Number | ParamKind::Quantity => {
             let (prefix, rest) = Prefix::split(raw);
-            let mut parts = rest.splitn(3, '|');
+            let mut parts = split_pipes(rest).into_iter();
             let number = parts.next().unwrap_or_default();
-            let (value, lo, hi) = decimal_range(number)
-                .ok_or_else(|| invalid(format!("Search parameter '{name}': '{raw}' is not a valid number"), name))?;
-            let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
-            let code = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            let (value, lo, hi) = decimal_range(&number).ok_or_else(|| {
+                invalid(
+                    format!("Search parameter '{name}': '{raw}' is not a valid number"),
+                    name,
+                )
+            })?;
+            let system = parts.next().filter(|s| !s.is_empty());
+            let code = Some(parts.collect::<Vec<_>>().join("|")).filter(|s| !s.is_empty());
             if kind == ParamKind::Number && (system.is_some() || code.is_some()) {
-                return Err(invalid(format!("Search parameter '{name}' takes a plain number"), name));
+                return Err(invalid(
+                    format!("Search parameter '{name}' takes a plain number"),
+                    name,
+                ));
             }
             Ok(SearchValue::Number {
                 prefix,
@@ -306,7 +356,7 @@ fn parse_value(kind: ParamKind, raw: &str, name: &str, base_url: &str) -> Result
                 code,
             })
         }
-        ParamKind::Reference => Ok(parse_reference(raw, base_url)),
+        ParamKind::Reference => Ok(parse_reference(&unescape(raw), base_url)),
     }
 }
 
@@ -360,7 +410,10 @@ fn parse_modifier(target: Target, modifier: Option<&str>, name: &str) -> Result<
     let unsupported = || {
         Issue::error(
             "not-supported",
-            format!("Modifier ':{m}' is not supported on {} parameter '{name}'", kind.as_str()),
+            format!(
+                "Modifier ':{m}' is not supported on {} parameter '{name}'",
+                kind.as_str()
+            ),
         )
         .at(name.to_owned())
     };
@@ -371,7 +424,9 @@ fn parse_modifier(target: Target, modifier: Option<&str>, name: &str) -> Result<
         ("not", ParamKind::Token) => Ok(Modifier::Not),
         ("below", ParamKind::Uri) => Ok(Modifier::Below),
         ("above", ParamKind::Uri) => Ok(Modifier::Above),
-        (t, ParamKind::Reference) if registry::is_supported_type(t) => Ok(Modifier::Type(t.to_owned())),
+        (t, ParamKind::Reference) if registry::is_supported_type(t) => {
+            Ok(Modifier::Type(t.to_owned()))
+        }
         _ => Err(unsupported()),
     }
 }
@@ -413,7 +468,12 @@ fn parse_criterion(
             continue;
         }
         let mut value = parse_value(target.kind(), &part, name, base_url)?;
-        if let (Modifier::Type(t), SearchValue::Reference { target_type, id, .. }) = (&modifier, &mut value)
+        if let (
+            Modifier::Type(t),
+            SearchValue::Reference {
+                target_type, id, ..
+            },
+        ) = (&modifier, &mut value)
             && target_type.is_none()
             && id.is_some()
         {
@@ -427,7 +487,10 @@ fn parse_criterion(
         values.push(value);
     }
     if values.is_empty() {
-        return Err(invalid(format!("Search parameter '{name}' has no value"), name));
+        return Err(invalid(
+            format!("Search parameter '{name}' has no value"),
+            name,
+        ));
     }
     Ok(Some(Criterion {
         target,
@@ -445,7 +508,11 @@ pub struct ParseOptions<'a> {
 }
 
 /// Parses a search on `resource_type` from its (already URL-decoded) query parameters.
-pub fn parse(resource_type: &str, params: &[(String, String)], opts: ParseOptions<'_>) -> Result<SearchQuery, Vec<Issue>> {
+pub fn parse(
+    resource_type: &str,
+    params: &[(String, String)],
+    opts: ParseOptions<'_>,
+) -> Result<SearchQuery, Vec<Issue>> {
     let mut q = SearchQuery {
         resource_type: resource_type.to_owned(),
         criteria: Vec::new(),
@@ -482,14 +549,20 @@ pub fn parse(resource_type: &str, params: &[(String, String)], opts: ParseOption
                     true
                 }
                 Err(_) => {
-                    errors.push(invalid(format!("_count must be a non-negative integer, not '{raw}'"), "_count"));
+                    errors.push(invalid(
+                        format!("_count must be a non-negative integer, not '{raw}'"),
+                        "_count",
+                    ));
                     false
                 }
             },
             "_cursor" => {
                 match Cursor::decode(raw) {
                     Some(c) => q.cursor = Some(c),
-                    None => errors.push(invalid("The paging cursor is not valid; start the search again".into(), "_cursor")),
+                    None => errors.push(invalid(
+                        "The paging cursor is not valid; start the search again".into(),
+                        "_cursor",
+                    )),
                 }
                 false
             }
@@ -513,7 +586,10 @@ pub fn parse(resource_type: &str, params: &[(String, String)], opts: ParseOption
                 match raw.as_str() {
                     "none" => q.total = TotalMode::None,
                     "accurate" | "estimate" => q.total = TotalMode::Accurate,
-                    _ => errors.push(invalid(format!("_total must be none, estimate or accurate, not '{raw}'"), "_total")),
+                    _ => errors.push(invalid(
+                        format!("_total must be none, estimate or accurate, not '{raw}'"),
+                        "_total",
+                    )),
                 }
                 true
             }
@@ -524,14 +600,24 @@ pub fn parse(resource_type: &str, params: &[(String, String)], opts: ParseOption
                     "data" => q.summary = Summary::Data,
                     "text" => q.summary = Summary::Text,
                     _ => errors.push(
-                        Issue::error("not-supported", format!("_summary={raw} is not supported (count, data, text, false are)"))
-                            .at("_summary"),
+                        Issue::error(
+                            "not-supported",
+                            format!(
+                                "_summary={raw} is not supported (count, data, text, false are)"
+                            ),
+                        )
+                        .at("_summary"),
                     ),
                 }
                 true
             }
             "_elements" => {
-                q.elements = Some(raw.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+                q.elements = Some(
+                    raw.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                );
                 true
             }
             "_include" | "_revinclude" => {
@@ -558,20 +644,27 @@ pub fn parse(resource_type: &str, params: &[(String, String)], opts: ParseOption
                 }
             }
             "_format" | "_pretty" => false,
-            _ if key.contains('.') => match parse_chain(resource_type, name, modifier, raw, opts.base_url) {
-                Ok(Some(c)) => {
-                    q.criteria.push(c);
-                    true
+            _ if key.contains('.') => {
+                match parse_chain(resource_type, name, modifier, raw, opts.base_url) {
+                    Ok(Some(c)) => {
+                        q.criteria.push(c);
+                        true
+                    }
+                    Ok(None) => {
+                        ignore(
+                            name,
+                            format!("Unknown chained search parameter '{key}' ignored"),
+                            &mut errors,
+                            &mut q.warnings,
+                        );
+                        false
+                    }
+                    Err(issue) => {
+                        errors.push(issue);
+                        false
+                    }
                 }
-                Ok(None) => {
-                    ignore(name, format!("Unknown chained search parameter '{key}' ignored"), &mut errors, &mut q.warnings);
-                    false
-                }
-                Err(issue) => {
-                    errors.push(issue);
-                    false
-                }
-            },
+            }
             _ => match parse_criterion(resource_type, name, modifier, raw, opts.base_url) {
                 Ok(Some(c)) => {
                     q.criteria.push(c);
@@ -596,7 +689,11 @@ pub fn parse(resource_type: &str, params: &[(String, String)], opts: ParseOption
             q.link_params.push((key.clone(), raw.clone()));
         }
     }
-    if errors.is_empty() { Ok(q) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(q)
+    } else {
+        Err(errors)
+    }
 }
 
 /// `subject:Patient.identifier=…` or `subject.name=…` (one level).
@@ -616,7 +713,11 @@ fn parse_chain(
         return Ok(None);
     };
     if tail.contains('.') {
-        return Err(Issue::error("not-supported", format!("Only one level of chaining is supported: '{full}'")).at(full.clone()));
+        return Err(Issue::error(
+            "not-supported",
+            format!("Only one level of chaining is supported: '{full}'"),
+        )
+        .at(full.clone()));
     }
     let (ref_name, ref_type) = match head.split_once(':') {
         Some((n, t)) => (n, Some(t)),
@@ -626,7 +727,10 @@ fn parse_chain(
         return Ok(None);
     };
     if reference.kind != ParamKind::Reference {
-        return Err(invalid(format!("'{ref_name}' is not a reference parameter and cannot be chained"), &full));
+        return Err(invalid(
+            format!("'{ref_name}' is not a reference parameter and cannot be chained"),
+            &full,
+        ));
     }
     let (inner_name, inner_mod) = match tail.split_once(':') {
         Some((n, m)) => (n, Some(m)),
@@ -634,8 +738,13 @@ fn parse_chain(
     };
     let candidates: Vec<String> = match ref_type {
         Some(t) => vec![t.to_owned()],
-        None if !reference.targets.is_empty() => reference.targets.iter().map(|t| (*t).to_owned()).collect(),
-        None => registry::SUPPORTED_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        None if !reference.targets.is_empty() => {
+            reference.targets.iter().map(|t| (*t).to_owned()).collect()
+        }
+        None => registry::SUPPORTED_TYPES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
     };
     let target_types: Vec<String> = candidates
         .into_iter()
@@ -647,9 +756,14 @@ fn parse_chain(
     let Some(inner) = parse_criterion(first, inner_name, inner_mod, raw, base_url)? else {
         return Ok(None);
     };
-    if target_types.iter().any(|t| target_for(t, inner_name).map(|x| x.kind()) != Some(inner.target.kind())) {
+    if target_types
+        .iter()
+        .any(|t| target_for(t, inner_name).map(|x| x.kind()) != Some(inner.target.kind()))
+    {
         return Err(invalid(
-            format!("Chain '{full}' is ambiguous; name the target type, e.g. '{ref_name}:{first}.{inner_name}'"),
+            format!(
+                "Chain '{full}' is ambiguous; name the target type, e.g. '{ref_name}:{first}.{inner_name}'"
+            ),
             &full,
         ));
     }
@@ -667,7 +781,12 @@ fn parse_chain(
 
 fn parse_include(raw: &str) -> Result<Include, Issue> {
     let parts: Vec<&str> = raw.split(':').collect();
-    let bad = || invalid(format!("_include/_revinclude must be SourceType:parameter[:TargetType], not '{raw}'"), "_include");
+    let bad = || {
+        invalid(
+            format!("_include/_revinclude must be SourceType:parameter[:TargetType], not '{raw}'"),
+            "_include",
+        )
+    };
     let (source, pname, target) = match parts.as_slice() {
         [s, p] => (*s, *p, None),
         [s, p, t] => (*s, *p, Some((*t).to_owned())),
@@ -675,7 +794,10 @@ fn parse_include(raw: &str) -> Result<Include, Issue> {
     };
     let param = registry::find(source, pname).ok_or_else(bad)?;
     if param.kind != ParamKind::Reference {
-        return Err(invalid(format!("'{source}:{pname}' is not a reference parameter"), "_include"));
+        return Err(invalid(
+            format!("'{source}:{pname}' is not a reference parameter"),
+            "_include",
+        ));
     }
     Ok(Include {
         source_type: source.to_owned(),
@@ -686,12 +808,15 @@ fn parse_include(raw: &str) -> Result<Include, Issue> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
     }
 
     const OPTS: ParseOptions<'static> = ParseOptions {
@@ -703,13 +828,19 @@ mod tests {
     fn token_values_distinguish_any_none_and_given_systems() {
         assert_eq!(split_token("x"), (TokenSystem::Any, Some("x".into())));
         assert_eq!(split_token("|x"), (TokenSystem::None, Some("x".into())));
-        assert_eq!(split_token("s|x"), (TokenSystem::Is("s".into()), Some("x".into())));
+        assert_eq!(
+            split_token("s|x"),
+            (TokenSystem::Is("s".into()), Some("x".into()))
+        );
         assert_eq!(split_token("s|"), (TokenSystem::Is("s".into()), None));
     }
 
     #[test]
     fn commas_split_values_unless_escaped() {
-        assert_eq!(split_or("a,b\\,c"), vec!["a".to_string(), "b,c".to_string()]);
+        assert_eq!(
+            split_or("a,b\\,c"),
+            vec!["a".to_string(), "b,c".to_string()]
+        );
     }
 
     #[test]
@@ -717,14 +848,22 @@ mod tests {
         let q = parse("Patient", &p(&[("foo", "1"), ("family", "smith")]), OPTS).unwrap();
         assert_eq!(q.link_params, p(&[("family", "smith")]));
         assert_eq!(q.warnings.len(), 1);
-        let strict = ParseOptions { strict: true, ..OPTS };
+        let strict = ParseOptions {
+            strict: true,
+            ..OPTS
+        };
         let errs = parse("Patient", &p(&[("foo", "1")]), strict).unwrap_err();
         assert!(errs[0].diagnostics.contains("foo"));
     }
 
     #[test]
     fn a_chain_names_the_reference_and_the_inner_parameter() {
-        let q = parse("Observation", &p(&[("subject:Patient.identifier", "urn:mrn|7")]), OPTS).unwrap();
+        let q = parse(
+            "Observation",
+            &p(&[("subject:Patient.identifier", "urn:mrn|7")]),
+            OPTS,
+        )
+        .unwrap();
         let chain = q.criteria[0].chain.as_ref().unwrap();
         assert_eq!(chain.reference.name, "subject");
         assert_eq!(chain.target_types, vec!["Patient".to_string()]);
@@ -746,15 +885,27 @@ mod tests {
         let base = "http://localhost:8080/fhir";
         assert_eq!(
             parse_reference("Patient/1", base),
-            SearchValue::Reference { target_type: Some("Patient".into()), id: Some("1".into()), url: None }
+            SearchValue::Reference {
+                target_type: Some("Patient".into()),
+                id: Some("1".into()),
+                url: None
+            }
         );
         assert_eq!(
             parse_reference("http://localhost:8080/fhir/Patient/1", base),
-            SearchValue::Reference { target_type: Some("Patient".into()), id: Some("1".into()), url: None }
+            SearchValue::Reference {
+                target_type: Some("Patient".into()),
+                id: Some("1".into()),
+                url: None
+            }
         );
         assert_eq!(
             parse_reference("http://other/fhir/Patient/1", base),
-            SearchValue::Reference { target_type: None, id: None, url: Some("http://other/fhir/Patient/1".into()) }
+            SearchValue::Reference {
+                target_type: None,
+                id: None,
+                url: Some("http://other/fhir/Patient/1".into())
+            }
         );
     }
 

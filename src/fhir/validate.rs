@@ -319,6 +319,7 @@ fn check_resource(
             format!("'{}' is not a FHIR R4 resource type", shorten(t)),
         ),
         Some(Value::String(t)) => {
+            check_required_primitives(t, object, &base, issues);
             if let Some(expected) = expected_type
                 && expected != t
             {
@@ -890,6 +891,50 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// Required (min 1) primitive elements of R4 resources, which the JSON Schema cannot demand because the value may
+/// come only through its `_element` extension. Taken from the R4 StructureDefinitions of the types this server
+/// stores; a primitive choice is listed by its prefix (`effective` covers every `effective[x]`).
+const REQUIRED_PRIMITIVES: &[(&str, &[&str])] = &[
+    ("AuditEvent", &["recorded"]),
+    ("CarePlan", &["status", "intent"]),
+    ("Encounter", &["status"]),
+    ("Goal", &["lifecycleStatus"]),
+    ("Group", &["type", "actual"]),
+    ("MedicationAdministration", &["status", "effective"]),
+    ("Observation", &["status"]),
+    ("Provenance", &["recorded"]),
+    ("Bundle", &["type"]),
+];
+
+fn check_required_primitives(
+    resource_type: &str,
+    object: &serde_json::Map<String, Value>,
+    base: &str,
+    issues: &mut Issues,
+) {
+    let Some((_, required)) = REQUIRED_PRIMITIVES
+        .iter()
+        .find(|(t, _)| *t == resource_type)
+    else {
+        return;
+    };
+    for name in *required {
+        let present = object.keys().any(|k| {
+            let k = k.strip_prefix('_').unwrap_or(k);
+            k == *name
+                || (k.starts_with(name)
+                    && k[name.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
+        });
+        if !present {
+            issues.push(
+                IssueKind::Required,
+                format!("{base}.{name}"),
+                format!("{base}: missing required element '{name}'"),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -1445,5 +1490,23 @@ mod tests {
         assert_eq!(IssueKind::Value.code(), "value");
         assert_eq!(IssueKind::Invalid.code(), "invalid");
         assert_eq!(IssueKind::NotSupported.code(), "not-supported");
+    }
+
+    #[test]
+    fn a_missing_required_primitive_is_reported_unless_its_extension_stands_in() {
+        let obs = serde_json::json!({"resourceType": "Observation", "code": {"text": "x"}});
+        let issues = validate_resource(Some("Observation"), &obs).unwrap_err();
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.expression == "Observation.status" && i.kind == IssueKind::Required)
+        );
+        let with_ext = serde_json::json!({"resourceType": "Observation", "code": {"text": "x"},
+            "_status": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}});
+        assert!(validate_resource(Some("Observation"), &with_ext).is_ok());
+        let med = serde_json::json!({"resourceType": "MedicationAdministration", "status": "completed",
+            "medicationCodeableConcept": {"text": "ketamine"}, "subject": {"reference": "Patient/1"},
+            "effectiveDateTime": "2024-01-01"});
+        assert!(validate_resource(Some("MedicationAdministration"), &med).is_ok());
     }
 }

@@ -21,7 +21,12 @@ fn link(relation: &str, url: String) -> Value {
 }
 
 /// `base/Type?params` (+ `_cursor`).
-pub fn search_url(base: &str, resource_type: &str, params: &[(String, String)], cursor: Option<&Cursor>) -> String {
+pub fn search_url(
+    base: &str,
+    resource_type: &str,
+    params: &[(String, String)],
+    cursor: Option<&Cursor>,
+) -> String {
     let mut all: Vec<(String, String)> = params.to_vec();
     if let Some(c) = cursor {
         all.push(("_cursor".into(), c.encode()));
@@ -49,15 +54,21 @@ pub fn view(resource: Value, q: &SearchQuery) -> Value {
     let mut changed = false;
     if let Some(keep) = keep {
         let before = obj.len();
-        obj.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str()));
+        obj.retain(|k, _| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str())
+        });
         changed = obj.len() != before;
     } else if q.summary == Summary::Data {
         changed = obj.remove("text").is_some();
     }
     if changed {
-        let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+        let meta = obj
+            .entry("meta")
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Some(meta) = meta.as_object_mut() {
-            let tags = meta.entry("tag").or_insert_with(|| Value::Array(Vec::new()));
+            let tags = meta
+                .entry("tag")
+                .or_insert_with(|| Value::Array(Vec::new()));
             if let Some(tags) = tags.as_array_mut() {
                 tags.push(json!({
                     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -76,12 +87,21 @@ fn full_url(base: &str, r: &StoredResource) -> String {
 
 /// A searchset Bundle for one page (https://hl7.org/fhir/R4/http.html#search).
 pub fn searchset(base: &str, q: &SearchQuery, page: &SearchPage) -> Value {
-    let mut links = vec![link("self", search_url(base, &q.resource_type, &q.link_params, None))];
+    let mut links = vec![link(
+        "self",
+        search_url(base, &q.resource_type, &q.link_params, None),
+    )];
     if let Some(next) = &page.next {
-        links.push(link("next", search_url(base, &q.resource_type, &q.link_params, Some(next))));
+        links.push(link(
+            "next",
+            search_url(base, &q.resource_type, &q.link_params, Some(next)),
+        ));
     }
     if let Some(prev) = &page.prev {
-        links.push(link("previous", search_url(base, &q.resource_type, &q.link_params, Some(prev))));
+        links.push(link(
+            "previous",
+            search_url(base, &q.resource_type, &q.link_params, Some(prev)),
+        ));
     }
     let mut entries: Vec<Value> = Vec::new();
     if q.summary != Summary::Count {
@@ -113,7 +133,10 @@ pub fn searchset(base: &str, q: &SearchQuery, page: &SearchPage) -> Value {
     let mut bundle = Map::new();
     bundle.insert("resourceType".into(), json!("Bundle"));
     bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
-    bundle.insert("meta".into(), json!({ "lastUpdated": format_instant(now_micros()) }));
+    bundle.insert(
+        "meta".into(),
+        json!({ "lastUpdated": format_instant(now_micros()) }),
+    );
     bundle.insert("type".into(), json!("searchset"));
     if let Some(total) = page.total {
         bundle.insert("total".into(), json!(total));
@@ -126,7 +149,13 @@ pub fn searchset(base: &str, q: &SearchQuery, page: &SearchPage) -> Value {
 }
 
 /// A history Bundle (https://hl7.org/fhir/R4/http.html#history), newest first.
-pub fn history(base: &str, self_url: &str, entries: &[HistoryEntry], total: i64, next_url: Option<String>) -> Value {
+pub fn history(
+    base: &str,
+    self_url: &str,
+    entries: &[HistoryEntry],
+    total: i64,
+    next_url: Option<String>,
+) -> Value {
     let mut links = vec![link("self", self_url.to_owned())];
     if let Some(n) = next_url {
         links.push(link("next", n));

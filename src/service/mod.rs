@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::fhir::extract::{IndexEntry, extract};
+use crate::fhir::extract::{IndexEntry, IndexValue, extract};
 use crate::fhir::outcome::Issue;
 use crate::fhir::registry;
 use crate::fhir::search::{self, ParseOptions, SearchQuery, TotalMode};
@@ -51,16 +51,22 @@ fn require_supported(res_type: &str) -> Result<()> {
     if registry::is_supported_type(res_type) {
         Ok(())
     } else if crate::fhir::validate::is_r4_resource_type(res_type) {
-        Err(Error::not_found(format!("Resource type '{res_type}' is not supported by this server")))
+        Err(Error::not_found(format!(
+            "Resource type '{res_type}' is not supported by this server"
+        )))
     } else {
-        Err(Error::not_found(format!("Unknown resource type '{res_type}'")))
+        Err(Error::not_found(format!(
+            "Unknown resource type '{res_type}'"
+        )))
     }
 }
 
 fn check_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if ok {
         Ok(())
     } else {
@@ -73,7 +79,7 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 /// Validates a resource for a write and computes its index entries.
-pub fn prepare(res_type: &str, resource: &Value) -> Result<Vec<IndexEntry>> {
+pub fn validate_and_index(res_type: &str, resource: &Value) -> Result<Vec<IndexEntry>> {
     if let Err(issues) = validate_resource(Some(res_type), resource) {
         let issues = issues
             .into_iter()
@@ -82,6 +88,33 @@ pub fn prepare(res_type: &str, resource: &Value) -> Result<Vec<IndexEntry>> {
         return Err(Error::with_issues(ErrorKind::BadRequest, issues));
     }
     Ok(extract(res_type, resource))
+}
+
+/// Absolute references count as this server's resources only when they start with its base URL; a reference to
+/// another server that happens to end in `/Patient/1` must not match (or include) our `Patient/1`.
+pub fn localize_references(entries: &mut [IndexEntry], base_url: &str) {
+    let base = format!("{}/", base_url.trim_end_matches('/'));
+    for e in entries.iter_mut() {
+        if let IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+        } = &mut e.value
+            && url.contains("://")
+        {
+            match url.strip_prefix(&base) {
+                Some(local) => {
+                    let mut parts = local.split('/');
+                    *target_type = parts.next().map(str::to_owned);
+                    *target_id = parts.next().map(str::to_owned);
+                }
+                None => {
+                    *target_type = None;
+                    *target_id = None;
+                }
+            }
+        }
+    }
 }
 
 /// A stable hash of conditional criteria: parameters sorted so that order does not matter.
@@ -119,6 +152,13 @@ fn without_server_meta(resource: &Value) -> Value {
 }
 
 impl FhirService {
+    /// Validates and indexes a resource for a write on this server.
+    pub fn prepare(&self, res_type: &str, resource: &Value) -> Result<Vec<IndexEntry>> {
+        let mut entries = validate_and_index(res_type, resource)?;
+        localize_references(&mut entries, &self.base_url);
+        Ok(entries)
+    }
+
     pub fn new(store: Store, base_url: String) -> FhirService {
         FhirService { store, base_url }
     }
@@ -131,7 +171,12 @@ impl FhirService {
     }
 
     /// Parses a search on `res_type`, turning parse problems into a 400.
-    pub fn parse_search(&self, res_type: &str, params: &[(String, String)], strict: bool) -> Result<SearchQuery> {
+    pub fn parse_search(
+        &self,
+        res_type: &str,
+        params: &[(String, String)],
+        strict: bool,
+    ) -> Result<SearchQuery> {
         require_supported(res_type)?;
         search::parse(res_type, params, self.parse_options(strict))
             .map_err(|issues| Error::with_issues(ErrorKind::BadRequest, issues))
@@ -157,15 +202,21 @@ impl FhirService {
     /// vread: https://hl7.org/fhir/R4/http.html#vread
     pub async fn vread(&self, res_type: &str, id: &str, version: &str) -> Result<StoredResource> {
         require_supported(res_type)?;
-        let v: i64 = version
-            .parse()
-            .map_err(|_| Error::not_found(format!("Version '{version}' of {res_type}/{id} is not known")))?;
+        let v: i64 = version.parse().map_err(|_| {
+            Error::not_found(format!(
+                "Version '{version}' of {res_type}/{id} is not known"
+            ))
+        })?;
         let mut tx = self.store.begin_read().await?;
         let found = self.store.version(&mut tx, res_type, id, v).await?;
         tx.rollback().await?;
         match found {
-            None => Err(Error::not_found(format!("Version {v} of {res_type}/{id} is not known"))),
-            Some(h) if h.resource.deleted => Err(Error::gone(format!("Version {v} of {res_type}/{id} is a deletion"))),
+            None => Err(Error::not_found(format!(
+                "Version {v} of {res_type}/{id} is not known"
+            ))),
+            Some(h) if h.resource.deleted => Err(Error::gone(format!(
+                "Version {v} of {res_type}/{id} is a deletion"
+            ))),
             Some(h) => Ok(h.resource),
         }
     }
@@ -174,12 +225,27 @@ impl FhirService {
     ///
     /// A conditional create claims a row keyed by the normalised criteria in the same transaction, so concurrent
     /// identical requests cannot both insert: the loser rolls back, looks again and finds the winner's resource.
-    pub async fn create(&self, res_type: &str, resource: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome> {
+    pub async fn create(
+        &self,
+        res_type: &str,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
-        let index = prepare(res_type, &resource)?;
+        let index = self.prepare(res_type, &resource)?;
         for _attempt in 0..5 {
             let mut tx = self.store.begin_write().await?;
-            match self.create_in(&mut tx, res_type, resource.clone(), &index, if_none_exist, None).await {
+            match self
+                .create_in(
+                    &mut tx,
+                    res_type,
+                    resource.clone(),
+                    &index,
+                    if_none_exist,
+                    None,
+                )
+                .await
+            {
                 Ok(outcome) => {
                     tx.commit().await?;
                     return Ok(outcome);
@@ -194,7 +260,9 @@ impl FhirService {
                 }
             }
         }
-        Err(Error::conflict("Conditional create kept losing races with concurrent requests; retry"))
+        Err(Error::conflict(
+            "Conditional create kept losing races with concurrent requests; retry",
+        ))
     }
 
     /// The create step inside a caller's transaction. `id` is pre-assigned for transaction entries.
@@ -228,9 +296,15 @@ impl FhirService {
             }
         }
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let stored = self.store.insert(tx, res_type, &id, resource, index, Method::Post).await?;
+        let stored = self
+            .store
+            .insert(tx, res_type, &id, resource, index, Method::Post)
+            .await?;
         if let Some(hash) = key
-            && !self.store.claim_conditional_key(tx, res_type, &hash, stored.pk).await?
+            && !self
+                .store
+                .claim_conditional_key(tx, res_type, &hash, stored.pk)
+                .await?
         {
             return Err(CreateError::Lost);
         }
@@ -263,16 +337,36 @@ impl FhirService {
     }
 
     /// update (PUT), including update-as-create with a client-chosen id: https://hl7.org/fhir/R4/http.html#update
-    pub async fn update(&self, res_type: &str, id: &str, resource: Value, if_match: Option<i64>) -> Result<WriteOutcome> {
+    pub async fn update(
+        &self,
+        res_type: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
         check_id(id)?;
-        let index = prepare(res_type, &resource)?;
+        let index = self.prepare(res_type, &resource)?;
         check_body_id(&resource, id)?;
         let mut tx = self.store.begin_write().await?;
-        let out = self.update_in(&mut tx, res_type, id, resource, &index, if_match, Method::Put).await;
+        let out = self
+            .update_in(
+                &mut tx,
+                res_type,
+                id,
+                resource,
+                &index,
+                if_match,
+                Method::Put,
+            )
+            .await;
         finish(tx, out).await
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the write step shared by PUT, conditional PUT, PATCH and Bundles"
+    )]
     pub(crate) async fn update_in(
         &self,
         tx: &mut Tx,
@@ -283,19 +377,26 @@ impl FhirService {
         if_match: Option<i64>,
         method: Method,
     ) -> Result<WriteOutcome> {
-        let current = self.store.current(tx, res_type, id).await?;
+        let current = self.store.current_for_update(tx, res_type, id).await?;
         if let Some(expected) = if_match {
             let actual = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
             if actual != Some(expected) {
                 return Err(Error::precondition_failed(match actual {
-                    Some(v) => format!("If-Match expected version {expected} of {res_type}/{id} but it is at version {v}"),
-                    None => format!("If-Match expected version {expected} of {res_type}/{id}, which does not exist"),
+                    Some(v) => format!(
+                        "If-Match expected version {expected} of {res_type}/{id} but it is at version {v}"
+                    ),
+                    None => format!(
+                        "If-Match expected version {expected} of {res_type}/{id}, which does not exist"
+                    ),
                 }));
             }
         }
         match current {
             None => {
-                let stored = self.store.insert(tx, res_type, id, resource, index, method).await?;
+                let stored = self
+                    .store
+                    .insert(tx, res_type, id, resource, index, method)
+                    .await?;
                 Ok(WriteOutcome {
                     resource: stored,
                     created: true,
@@ -305,11 +406,12 @@ impl FhirService {
                 // An update that changes nothing creates no new version.
                 if !cur.deleted
                     && let Some(existing) = cur.json()
-                    && without_server_meta(&existing) == without_server_meta(&{
-                        let mut r = resource.clone();
-                        crate::store::stamp(&mut r, id, cur.version, cur.last_updated);
-                        r
-                    })
+                    && without_server_meta(&existing)
+                        == without_server_meta(&{
+                            let mut r = resource.clone();
+                            crate::store::stamp(&mut r, id, cur.version, cur.last_updated);
+                            r
+                        })
                 {
                     return Ok(WriteOutcome {
                         resource: cur,
@@ -318,7 +420,10 @@ impl FhirService {
                 }
                 let created = cur.deleted;
                 let stored = self.store.update(tx, &cur, resource, index, method).await?;
-                Ok(WriteOutcome { resource: stored, created })
+                Ok(WriteOutcome {
+                    resource: stored,
+                    created,
+                })
             }
         }
     }
@@ -332,7 +437,7 @@ impl FhirService {
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
-        let index = prepare(res_type, &resource)?;
+        let index = self.prepare(res_type, &resource)?;
         let mut tx = self.store.begin_write().await?;
         let out = self
             .conditional_update_in(&mut tx, res_type, params, resource, &index, if_match)
@@ -350,7 +455,10 @@ impl FhirService {
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
         let matches = self.match_conditional(tx, res_type, params).await?;
-        let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
+        let body_id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         match matches.as_slice() {
             [] => {
                 let id = match body_id {
@@ -360,7 +468,8 @@ impl FhirService {
                     }
                     None => uuid::Uuid::new_v4().to_string(),
                 };
-                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put).await
+                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put)
+                    .await
             }
             [one] => {
                 if let Some(bid) = &body_id
@@ -372,7 +481,8 @@ impl FhirService {
                     )));
                 }
                 let id = one.id.clone();
-                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put).await
+                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put)
+                    .await
             }
             _ => Err(Error::precondition_failed(format!(
                 "The conditional update criteria matched several {res_type} resources"
@@ -381,7 +491,12 @@ impl FhirService {
     }
 
     /// delete: https://hl7.org/fhir/R4/http.html#delete. Deleting what is already deleted succeeds (idempotent).
-    pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<Option<StoredResource>> {
+    pub async fn delete(
+        &self,
+        res_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<Option<StoredResource>> {
         require_supported(res_type)?;
         let mut tx = self.store.begin_write().await?;
         let out = self.delete_in(&mut tx, res_type, id, if_match).await;
@@ -395,7 +510,7 @@ impl FhirService {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<Option<StoredResource>> {
-        match self.store.current(tx, res_type, id).await? {
+        match self.store.current_for_update(tx, res_type, id).await? {
             None => Err(Error::not_found(format!("{res_type}/{id} is not known"))),
             Some(cur) if cur.deleted => Ok(None),
             Some(cur) => {
@@ -413,7 +528,11 @@ impl FhirService {
     }
 
     /// Conditional delete (single match; several → 412): https://hl7.org/fhir/R4/http.html#cdelete
-    pub async fn conditional_delete(&self, res_type: &str, params: &[(String, String)]) -> Result<Option<StoredResource>> {
+    pub async fn conditional_delete(
+        &self,
+        res_type: &str,
+        params: &[(String, String)],
+    ) -> Result<Option<StoredResource>> {
         require_supported(res_type)?;
         let mut tx = self.store.begin_write().await?;
         let out = self.conditional_delete_in(&mut tx, res_type, params).await;
@@ -437,7 +556,13 @@ impl FhirService {
     }
 
     /// patch with JSON Patch (RFC 6902): https://hl7.org/fhir/R4/http.html#patch
-    pub async fn patch(&self, res_type: &str, id: &str, patch: Value, if_match: Option<i64>) -> Result<WriteOutcome> {
+    pub async fn patch(
+        &self,
+        res_type: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
         let mut tx = self.store.begin_write().await?;
         let out = self.patch_in(&mut tx, res_type, id, patch, if_match).await;
@@ -452,7 +577,13 @@ impl FhirService {
         patch: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
-        let current = self.read_in(tx, res_type, id).await?;
+        let current = match self.store.current_for_update(tx, res_type, id).await? {
+            None => return Err(Error::not_found(format!("{res_type}/{id} is not known"))),
+            Some(r) if r.deleted => {
+                return Err(Error::gone(format!("{res_type}/{id} has been deleted")));
+            }
+            Some(r) => r,
+        };
         if let Some(expected) = if_match
             && expected != current.version
         {
@@ -461,22 +592,37 @@ impl FhirService {
                 current.version
             )));
         }
-        let ops: json_patch::Patch = serde_json::from_value(patch)
-            .map_err(|e| Error::bad_request(format!("The body is not a valid JSON Patch document: {e}")))?;
-        let mut doc = current
-            .json()
-            .ok_or_else(|| Error::internal(anyhow::anyhow!("stored {res_type}/{id} is not valid JSON")))?;
-        json_patch::patch(&mut doc, &ops)
-            .map_err(|e| Error::with_issues(ErrorKind::Unprocessable, vec![Issue::error("processing", format!("The patch cannot be applied: {e}"))]))?;
-        if doc.get("resourceType").and_then(Value::as_str) != Some(res_type) || doc.get("id").and_then(Value::as_str) != Some(id)
+        let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+            Error::bad_request(format!("The body is not a valid JSON Patch document: {e}"))
+        })?;
+        let mut doc = current.json().ok_or_else(|| {
+            Error::internal(anyhow::anyhow!("stored {res_type}/{id} is not valid JSON"))
+        })?;
+        json_patch::patch(&mut doc, &ops).map_err(|e| {
+            Error::with_issues(
+                ErrorKind::Unprocessable,
+                vec![Issue::error(
+                    "processing",
+                    format!("The patch cannot be applied: {e}"),
+                )],
+            )
+        })?;
+        if doc.get("resourceType").and_then(Value::as_str) != Some(res_type)
+            || doc.get("id").and_then(Value::as_str) != Some(id)
         {
             return Err(Error::with_issues(
                 ErrorKind::Unprocessable,
-                vec![Issue::error("processing", "A patch may not change resourceType or id")],
+                vec![Issue::error(
+                    "processing",
+                    "A patch may not change resourceType or id",
+                )],
             ));
         }
-        let index = prepare(res_type, &doc).map_err(|e| Error::with_issues(ErrorKind::Unprocessable, e.issues))?;
-        self.update_in(tx, res_type, id, doc, &index, None, Method::Patch).await
+        let index = self
+            .prepare(res_type, &doc)
+            .map_err(|e| Error::with_issues(ErrorKind::Unprocessable, e.issues))?;
+        self.update_in(tx, res_type, id, doc, &index, None, Method::Patch)
+            .await
     }
 
     /// search: https://hl7.org/fhir/R4/http.html#search
@@ -506,8 +652,14 @@ impl FhirService {
             tx.rollback().await?;
             return Err(Error::not_found(format!("{t}/{i} is not known")));
         }
-        let mut entries = self.store.history(&mut tx, res_type, id, since, before, count + 1).await?;
-        let total = self.store.history_count(&mut tx, res_type, id, since).await?;
+        let mut entries = self
+            .store
+            .history(&mut tx, res_type, id, since, before, count + 1)
+            .await?;
+        let total = self
+            .store
+            .history_count(&mut tx, res_type, id, since)
+            .await?;
         tx.rollback().await?;
         let more = entries.len() > count;
         entries.truncate(count);
@@ -537,7 +689,11 @@ fn check_body_id(resource: &Value, id: &str) -> Result<()> {
             format!("The resource id '{body_id}' does not match the id '{id}' in the URL"),
             "id",
         )),
-        None => Err(Error::invalid_at("required", "An update must carry the resource id in its body", "id")),
+        None => Err(Error::invalid_at(
+            "required",
+            "An update must carry the resource id in its body",
+            "id",
+        )),
     }
 }
 

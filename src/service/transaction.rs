@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use super::{CreateError, FhirService, WriteOutcome, parse_etag, parse_query_string, prepare};
+use super::{CreateError, FhirService, WriteOutcome, parse_etag, parse_query_string};
 use crate::error::{Error, ErrorKind, Result};
-use crate::service::bundle;
 use crate::fhir::outcome::Issue;
 use crate::fhir::registry;
+use crate::service::bundle;
 use crate::store::Method;
 use crate::store::db::Tx;
 
@@ -37,12 +37,16 @@ fn bad_entry(index: usize, message: impl Into<String>) -> Error {
     Error::invalid_at("invalid", message, entry_path(index))
 }
 
+/// Type, id, version and search parameters named by an entry URL.
+type EntryTarget = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<Vec<(String, String)>>,
+);
+
 /// Splits an entry URL (`Patient`, `Patient/1`, `Patient/1/_history/2`, `Patient?x=y`, or absolute on this server).
-fn parse_entry_url(
-    index: usize,
-    url: &str,
-    base: &str,
-) -> Result<(String, Option<String>, Option<String>, Option<Vec<(String, String)>>)> {
+fn parse_entry_url(index: usize, url: &str, base: &str) -> Result<EntryTarget> {
     let local = url
         .strip_prefix(base.trim_end_matches('/'))
         .map(|s| s.trim_start_matches('/'))
@@ -55,8 +59,16 @@ fn parse_entry_url(
     match parts.as_slice() {
         [t] => Ok(((*t).to_owned(), None, None, query)),
         [t, id] => Ok(((*t).to_owned(), Some((*id).to_owned()), None, query)),
-        [t, id, "_history", v] => Ok(((*t).to_owned(), Some((*id).to_owned()), Some((*v).to_owned()), query)),
-        _ => Err(bad_entry(index, format!("Unsupported request URL '{url}' in Bundle.entry[{index}]"))),
+        [t, id, "_history", v] => Ok((
+            (*t).to_owned(),
+            Some((*id).to_owned()),
+            Some((*v).to_owned()),
+            query,
+        )),
+        _ => Err(bad_entry(
+            index,
+            format!("Unsupported request URL '{url}' in Bundle.entry[{index}]"),
+        )),
     }
 }
 
@@ -64,7 +76,13 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<EntryRequest>> {
     let entries = match bundle.get("entry") {
         None => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(Error::invalid_at("structure", "Bundle.entry must be an array", "Bundle.entry")),
+        Some(_) => {
+            return Err(Error::invalid_at(
+                "structure",
+                "Bundle.entry must be an array",
+                "Bundle.entry",
+            ));
+        }
     };
     let mut out = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
@@ -74,19 +92,35 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<EntryRequest>> {
         let method = request
             .get("method")
             .and_then(Value::as_str)
-            .ok_or_else(|| bad_entry(index, format!("Bundle.entry[{index}].request.method is missing")))?
+            .ok_or_else(|| {
+                bad_entry(
+                    index,
+                    format!("Bundle.entry[{index}].request.method is missing"),
+                )
+            })?
             .to_uppercase();
-        let url = request
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_entry(index, format!("Bundle.entry[{index}].request.url is missing")))?;
+        let url = request.get("url").and_then(Value::as_str).ok_or_else(|| {
+            bad_entry(
+                index,
+                format!("Bundle.entry[{index}].request.url is missing"),
+            )
+        })?;
         let (res_type, id, version, query) = parse_entry_url(index, url, base)?;
         let resource = entry.get("resource").cloned();
         if matches!(method.as_str(), "POST" | "PUT" | "PATCH") && resource.is_none() {
-            return Err(bad_entry(index, format!("Bundle.entry[{index}] ({method}) has no resource")));
+            return Err(bad_entry(
+                index,
+                format!("Bundle.entry[{index}] ({method}) has no resource"),
+            ));
         }
-        if !matches!(method.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE") {
-            return Err(bad_entry(index, format!("Bundle.entry[{index}]: unsupported method {method}")));
+        if !matches!(
+            method.as_str(),
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE"
+        ) {
+            return Err(bad_entry(
+                index,
+                format!("Bundle.entry[{index}]: unsupported method {method}"),
+            ));
         }
         out.push(EntryRequest {
             index,
@@ -95,10 +129,19 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<EntryRequest>> {
             id,
             version,
             query,
-            full_url: entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+            full_url: entry
+                .get("fullUrl")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             resource,
-            if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned),
-            if_match: request.get("ifMatch").and_then(Value::as_str).and_then(parse_etag),
+            if_none_exist: request
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            if_match: request
+                .get("ifMatch")
+                .and_then(Value::as_str)
+                .and_then(parse_etag),
         });
     }
     Ok(out)
@@ -165,7 +208,11 @@ impl FhirService {
                 "resourceType",
             ));
         }
-        let kind = bundle_json.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = bundle_json
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let entries = parse_entries(&bundle_json, &self.base_url)?;
         match kind.as_str() {
             "transaction" => self.transaction(entries).await,
@@ -217,7 +264,10 @@ impl FhirService {
             {
                 return Err(bad_entry(
                     e.index,
-                    format!("{}/{id} is the target of more than one entry of the transaction", e.res_type),
+                    format!(
+                        "{}/{id} is the target of more than one entry of the transaction",
+                        e.res_type
+                    ),
                 ));
             }
         }
@@ -225,8 +275,13 @@ impl FhirService {
             if !registry::is_supported_type(&e.res_type) {
                 return Err(Error::with_issues(
                     ErrorKind::NotFound,
-                    vec![Issue::error("not-supported", format!("Resource type '{}' is not supported", e.res_type))
-                        .at(entry_path(e.index))],
+                    vec![
+                        Issue::error(
+                            "not-supported",
+                            format!("Resource type '{}' is not supported", e.res_type),
+                        )
+                        .at(entry_path(e.index)),
+                    ],
                 ));
             }
         }
@@ -245,7 +300,11 @@ impl FhirService {
         }
     }
 
-    async fn transaction_in(&self, tx: &mut Tx, entries: &mut [EntryRequest]) -> Result<Vec<Value>> {
+    async fn transaction_in(
+        &self,
+        tx: &mut Tx,
+        entries: &mut [EntryRequest],
+    ) -> Result<Vec<Value>> {
         // 1. Assign ids and resolve conditional creates/updates, so references can be rewritten before any write.
         let mut map: HashMap<String, String> = HashMap::new();
         let mut existing: HashSet<usize> = HashSet::new();
@@ -316,7 +375,9 @@ impl FhirService {
             }
         }
         for reference in conditional {
-            let Some((t, q)) = reference.split_once('?') else { continue };
+            let Some((t, q)) = reference.split_once('?') else {
+                continue;
+            };
             let found = self
                 .match_conditional(tx, t, &parse_query_string(q))
                 .await
@@ -326,7 +387,9 @@ impl FhirService {
                     map.insert(reference.clone(), one.reference());
                 }
                 [] => {
-                    return Err(Error::not_found(format!("Conditional reference '{reference}' matched nothing")));
+                    return Err(Error::not_found(format!(
+                        "Conditional reference '{reference}' matched nothing"
+                    )));
                 }
                 _ => {
                     return Err(Error::precondition_failed(format!(
@@ -356,10 +419,22 @@ impl FhirService {
             let ctx = entry_path(e.index);
             let resp = if existing.contains(&e.index) {
                 let id = e.id.clone().unwrap_or_default();
-                let r = self.read_in(tx, &e.res_type, &id).await.map_err(|err| err.in_context(&ctx))?;
-                bundle::write_response_entry(&self.base_url, &WriteOutcome { resource: r, created: false }, true)
+                let r = self
+                    .read_in(tx, &e.res_type, &id)
+                    .await
+                    .map_err(|err| err.in_context(&ctx))?;
+                bundle::write_response_entry(
+                    &self.base_url,
+                    &WriteOutcome {
+                        resource: r,
+                        created: false,
+                    },
+                    true,
+                )
             } else {
-                self.execute_entry(tx, e, &map).await.map_err(|err| err.in_context(&ctx))?
+                self.execute_entry(tx, e, &map)
+                    .await
+                    .map_err(|err| err.in_context(&ctx))?
             };
             responses[i] = resp;
         }
@@ -367,21 +442,38 @@ impl FhirService {
     }
 
     /// Executes one entry inside `tx` and returns its response entry.
-    async fn execute_entry(&self, tx: &mut Tx, e: EntryRequest, _map: &HashMap<String, String>) -> Result<Value> {
+    async fn execute_entry(
+        &self,
+        tx: &mut Tx,
+        e: EntryRequest,
+        _map: &HashMap<String, String>,
+    ) -> Result<Value> {
         if !registry::is_supported_type(&e.res_type) {
-            return Err(Error::not_found(format!("Resource type '{}' is not supported", e.res_type)));
+            return Err(Error::not_found(format!(
+                "Resource type '{}' is not supported",
+                e.res_type
+            )));
         }
         match e.method.as_str() {
             "POST" => {
                 let resource = e.resource.unwrap_or(Value::Null);
-                let index = prepare(&e.res_type, &resource)?;
+                let index = self.prepare(&e.res_type, &resource)?;
                 let outcome = match self
-                    .create_in(tx, &e.res_type, resource, &index, e.if_none_exist.as_deref(), e.id.clone())
+                    .create_in(
+                        tx,
+                        &e.res_type,
+                        resource,
+                        &index,
+                        e.if_none_exist.as_deref(),
+                        e.id.clone(),
+                    )
                     .await
                 {
                     Ok(o) => o,
                     Err(CreateError::Lost) => {
-                        return Err(Error::conflict("A concurrent request created the same resource; retry"));
+                        return Err(Error::conflict(
+                            "A concurrent request created the same resource; retry",
+                        ));
                     }
                     Err(CreateError::Other(err)) => return Err(err),
                 };
@@ -389,30 +481,50 @@ impl FhirService {
             }
             "PUT" => {
                 let resource = e.resource.unwrap_or(Value::Null);
-                let index = prepare(&e.res_type, &resource)?;
+                let index = self.prepare(&e.res_type, &resource)?;
                 let id = e.id.clone().unwrap_or_default();
                 super::check_id(&id)?;
                 super::check_body_id(&resource, &id)?;
                 let outcome = self
-                    .update_in(tx, &e.res_type, &id, resource, &index, e.if_match, Method::Put)
+                    .update_in(
+                        tx,
+                        &e.res_type,
+                        &id,
+                        resource,
+                        &index,
+                        e.if_match,
+                        Method::Put,
+                    )
                     .await?;
                 Ok(bundle::write_response_entry(&self.base_url, &outcome, true))
             }
             "PATCH" => {
-                let id = e.id.clone().ok_or_else(|| Error::bad_request("PATCH needs Type/id"))?;
+                let id =
+                    e.id.clone()
+                        .ok_or_else(|| Error::bad_request("PATCH needs Type/id"))?;
                 let patch = match e.resource {
                     // FHIR carries a JSON Patch in a Binary resource inside Bundles.
-                    Some(Value::Object(obj)) if obj.get("resourceType").and_then(Value::as_str) == Some("Binary") => {
+                    Some(Value::Object(obj))
+                        if obj.get("resourceType").and_then(Value::as_str) == Some("Binary") =>
+                    {
                         let data = obj.get("data").and_then(Value::as_str).unwrap_or_default();
-                        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)
-                            .map_err(|_| Error::bad_request("Binary.data of a PATCH entry is not base64"))?;
-                        serde_json::from_slice(&bytes)
-                            .map_err(|_| Error::bad_request("Binary.data of a PATCH entry is not a JSON Patch"))?
+                        let bytes = base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            data,
+                        )
+                        .map_err(|_| {
+                            Error::bad_request("Binary.data of a PATCH entry is not base64")
+                        })?;
+                        serde_json::from_slice(&bytes).map_err(|_| {
+                            Error::bad_request("Binary.data of a PATCH entry is not a JSON Patch")
+                        })?
                     }
                     Some(other) => other,
                     None => Value::Null,
                 };
-                let outcome = self.patch_in(tx, &e.res_type, &id, patch, e.if_match).await?;
+                let outcome = self
+                    .patch_in(tx, &e.res_type, &id, patch, e.if_match)
+                    .await?;
                 Ok(bundle::write_response_entry(&self.base_url, &outcome, true))
             }
             "DELETE" => {
@@ -422,7 +534,11 @@ impl FhirService {
                         other => other?,
                     },
                     (None, Some(q)) => self.conditional_delete_in(tx, &e.res_type, q).await?,
-                    (None, None) => return Err(Error::bad_request("DELETE needs Type/id or search criteria")),
+                    (None, None) => {
+                        return Err(Error::bad_request(
+                            "DELETE needs Type/id or search criteria",
+                        ));
+                    }
                 };
                 let mut response = json!({ "status": "204 No Content" });
                 if let (Some(d), Some(obj)) = (deleted, response.as_object_mut()) {
@@ -434,12 +550,19 @@ impl FhirService {
                 // GET/HEAD: read, vread or search.
                 match (&e.id, &e.version) {
                     (Some(id), Some(v)) => {
-                        let v: i64 = v.parse().map_err(|_| Error::not_found(format!("Version '{v}' is not known")))?;
+                        let v: i64 = v
+                            .parse()
+                            .map_err(|_| Error::not_found(format!("Version '{v}' is not known")))?;
                         let h = self
                             .store
                             .version(tx, &e.res_type, id, v)
                             .await?
-                            .ok_or_else(|| Error::not_found(format!("{}/{id}/_history/{v} is not known", e.res_type)))?;
+                            .ok_or_else(|| {
+                                Error::not_found(format!(
+                                    "{}/{id}/_history/{v} is not known",
+                                    e.res_type
+                                ))
+                            })?;
                         Ok(bundle::read_response_entry(&self.base_url, &h.resource))
                     }
                     (Some(id), None) => {
@@ -484,9 +607,16 @@ mod tests {
     #[test]
     fn entry_urls_split_into_type_id_version_and_query() {
         let (t, id, v, q) = parse_entry_url(0, "Patient/1/_history/2", "http://x/fhir").unwrap();
-        assert_eq!((t.as_str(), id.as_deref(), v.as_deref(), q), ("Patient", Some("1"), Some("2"), None));
-        let (t, id, _, q) = parse_entry_url(0, "http://x/fhir/Patient?identifier=a|b", "http://x/fhir").unwrap();
+        assert_eq!(
+            (t.as_str(), id.as_deref(), v.as_deref(), q),
+            ("Patient", Some("1"), Some("2"), None)
+        );
+        let (t, id, _, q) =
+            parse_entry_url(0, "http://x/fhir/Patient?identifier=a|b", "http://x/fhir").unwrap();
         assert_eq!((t.as_str(), id), ("Patient", None));
-        assert_eq!(q.unwrap(), vec![("identifier".to_string(), "a|b".to_string())]);
+        assert_eq!(
+            q.unwrap(),
+            vec![("identifier".to_string(), "a|b".to_string())]
+        );
     }
 }

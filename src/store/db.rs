@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Sqlite, Transaction};
 
 /// Which SQL dialect a pool speaks.
@@ -86,7 +89,11 @@ impl Db {
             Ok(Db::Postgres(pool))
         } else {
             Err(sqlx::Error::Configuration(
-                format!("unsupported database URL scheme (expected sqlite:// or postgres://): {}", scheme_of(url)).into(),
+                format!(
+                    "unsupported database URL scheme (expected sqlite:// or postgres://): {}",
+                    scheme_of(url)
+                )
+                .into(),
             ))
         }
     }
@@ -114,7 +121,10 @@ impl Db {
         } as i64;
         let mut tx = self.begin_read().await?;
         let rows = tx
-            .fetch(&Sql::new("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE"), &[Col::Int])
+            .fetch(
+                &Sql::new("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE"),
+                &[Col::Int],
+            )
             .await?;
         tx.rollback().await?;
         Ok(rows.first().map(|r| r.int(0)).unwrap_or(0) >= expected)
@@ -222,6 +232,17 @@ impl Sql {
     pub fn bind(&mut self, value: impl Into<Val>) -> &mut Sql {
         self.text.push('?');
         self.params.push(value.into());
+        self
+    }
+
+    /// Appends `v1, v2, …` as placeholders bound to the values (for `IN (…)`).
+    pub fn bind_list<V: Into<Val> + Clone>(&mut self, values: &[V]) -> &mut Sql {
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.bind(v.clone());
+        }
         self
     }
 
@@ -392,33 +413,31 @@ impl Tx {
     }
 }
 
-fn decode_sqlite(row: &SqliteRow, cols: &[Col]) -> Result<Row, sqlx::Error> {
-    let mut out = Vec::with_capacity(cols.len());
-    for (i, col) in cols.iter().enumerate() {
-        out.push(match col {
-            Col::Int => Val::Int(row.try_get::<i64, _>(i)?),
-            Col::Real => Val::Real(row.try_get::<f64, _>(i)?),
-            Col::Text => Val::Text(row.try_get::<String, _>(i)?),
-            Col::OptInt => row.try_get::<Option<i64>, _>(i)?.map_or(Val::Null, Val::Int),
-            Col::OptText => row.try_get::<Option<String>, _>(i)?.map_or(Val::Null, Val::Text),
-        });
-    }
-    Ok(Row(out))
+/// Decodes one row of either database the same way.
+macro_rules! decode_row {
+    ($name:ident, $row:ty) => {
+        fn $name(row: &$row, cols: &[Col]) -> Result<Row, sqlx::Error> {
+            let mut out = Vec::with_capacity(cols.len());
+            for (i, col) in cols.iter().enumerate() {
+                out.push(match col {
+                    Col::Int => Val::Int(row.try_get::<i64, _>(i)?),
+                    Col::Real => Val::Real(row.try_get::<f64, _>(i)?),
+                    Col::Text => Val::Text(row.try_get::<String, _>(i)?),
+                    Col::OptInt => row
+                        .try_get::<Option<i64>, _>(i)?
+                        .map_or(Val::Null, Val::Int),
+                    Col::OptText => row
+                        .try_get::<Option<String>, _>(i)?
+                        .map_or(Val::Null, Val::Text),
+                });
+            }
+            Ok(Row(out))
+        }
+    };
 }
 
-fn decode_pg(row: &PgRow, cols: &[Col]) -> Result<Row, sqlx::Error> {
-    let mut out = Vec::with_capacity(cols.len());
-    for (i, col) in cols.iter().enumerate() {
-        out.push(match col {
-            Col::Int => Val::Int(row.try_get::<i64, _>(i)?),
-            Col::Real => Val::Real(row.try_get::<f64, _>(i)?),
-            Col::Text => Val::Text(row.try_get::<String, _>(i)?),
-            Col::OptInt => row.try_get::<Option<i64>, _>(i)?.map_or(Val::Null, Val::Int),
-            Col::OptText => row.try_get::<Option<String>, _>(i)?.map_or(Val::Null, Val::Text),
-        });
-    }
-    Ok(Row(out))
-}
+decode_row!(decode_sqlite, SqliteRow);
+decode_row!(decode_pg, PgRow);
 
 /// True if `err` is a unique-constraint violation (used to turn races into well-defined outcomes).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -433,16 +452,29 @@ mod tests {
     fn placeholders_are_numbered_for_postgres_and_left_alone_for_sqlite() {
         let mut sql = Sql::new("SELECT 1 FROM t WHERE a = ");
         sql.bind(1i64).push(" AND b = ").bind("x");
-        assert_eq!(sql.render(Backend::Postgres), "SELECT 1 FROM t WHERE a = $1 AND b = $2");
-        assert_eq!(sql.render(Backend::Sqlite), "SELECT 1 FROM t WHERE a = ? AND b = ?");
+        assert_eq!(
+            sql.render(Backend::Postgres),
+            "SELECT 1 FROM t WHERE a = $1 AND b = $2"
+        );
+        assert_eq!(
+            sql.render(Backend::Sqlite),
+            "SELECT 1 FROM t WHERE a = ? AND b = ?"
+        );
     }
 
     #[test]
     fn every_migration_file_is_embedded_for_both_databases_with_the_same_versions() {
-        for (dir, list) in [("sqlite", SQLITE_MIGRATIONS), ("postgres", POSTGRES_MIGRATIONS)] {
+        for (dir, list) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
             let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
             let mut files: Vec<String> = std::fs::read_dir(&path)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default();
             files.sort();
             let versions: Vec<i64> = files
@@ -450,7 +482,10 @@ mod tests {
                 .filter_map(|f| f.split('_').next().and_then(|v| v.parse().ok()))
                 .collect();
             let listed: Vec<i64> = list.iter().map(|(v, _, _)| *v).collect();
-            assert_eq!(versions, listed, "{dir} migrations on disk and embedded differ");
+            assert_eq!(
+                versions, listed,
+                "{dir} migrations on disk and embedded differ"
+            );
         }
         let a: Vec<i64> = SQLITE_MIGRATIONS.iter().map(|m| m.0).collect();
         let b: Vec<i64> = POSTGRES_MIGRATIONS.iter().map(|m| m.0).collect();

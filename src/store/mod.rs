@@ -39,7 +39,9 @@ impl StoredResource {
 
     /// The resource as JSON (`None` when deleted or, impossibly, unparsable).
     pub fn json(&self) -> Option<Value> {
-        self.content.as_deref().and_then(|c| serde_json::from_str(c).ok())
+        self.content
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
     }
 
     pub fn reference(&self) -> String {
@@ -83,7 +85,15 @@ pub struct Store {
 }
 
 const RESOURCE_COLS: &str = "pk, res_type, id, version, last_updated, deleted, content";
-const RESOURCE_KINDS: &[Col] = &[Col::Int, Col::Text, Col::Text, Col::Int, Col::Int, Col::Int, Col::OptText];
+const RESOURCE_KINDS: &[Col] = &[
+    Col::Int,
+    Col::Text,
+    Col::Text,
+    Col::Int,
+    Col::Int,
+    Col::Int,
+    Col::OptText,
+];
 
 pub(crate) fn resource_from_row(mut row: db::Row) -> StoredResource {
     StoredResource {
@@ -123,7 +133,10 @@ pub fn stamp(resource: &mut Value, id: &str, version: i64, last_updated: i64) {
     }
     if let Some(meta) = meta.as_object_mut() {
         meta.insert("versionId".into(), Value::String(version.to_string()));
-        meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+        meta.insert(
+            "lastUpdated".into(),
+            Value::String(format_instant(last_updated)),
+        );
     }
 }
 
@@ -141,9 +154,36 @@ impl Store {
     }
 
     /// The current row of a resource, deleted or not.
-    pub async fn current(&self, tx: &mut Tx, res_type: &str, id: &str) -> Result<Option<StoredResource>> {
-        let mut sql = Sql::new(&format!("SELECT {RESOURCE_COLS} FROM resources WHERE res_type = "));
+    pub async fn current(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE res_type = "
+        ));
         sql.bind(res_type).push(" AND id = ").bind(id);
+        let rows = tx.fetch(&sql, RESOURCE_KINDS).await?;
+        Ok(rows.into_iter().next().map(resource_from_row))
+    }
+
+    /// The current row of a resource, locked against concurrent writers until the transaction ends (PostgreSQL
+    /// `FOR UPDATE`; SQLite write transactions are already exclusive). Writers of the same resource then queue
+    /// instead of failing on a version race.
+    pub async fn current_for_update(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE res_type = "
+        ));
+        sql.bind(res_type).push(" AND id = ").bind(id);
+        if tx.backend() == db::Backend::Postgres {
+            sql.push(" FOR UPDATE");
+        }
         let rows = tx.fetch(&sql, RESOURCE_KINDS).await?;
         Ok(rows.into_iter().next().map(resource_from_row))
     }
@@ -153,14 +193,10 @@ impl Store {
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = Sql::new(&format!("SELECT {RESOURCE_COLS} FROM resources WHERE pk IN ("));
-        for (i, pk) in pks.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(*pk);
-        }
-        sql.push(")");
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE pk IN ("
+        ));
+        sql.bind_list(pks).push(")");
         let mut found: Vec<StoredResource> = tx
             .fetch(&sql, RESOURCE_KINDS)
             .await?
@@ -172,11 +208,21 @@ impl Store {
     }
 
     /// One version from history.
-    pub async fn version(&self, tx: &mut Tx, res_type: &str, id: &str, version: i64) -> Result<Option<HistoryEntry>> {
+    pub async fn version(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<HistoryEntry>> {
         let mut sql = Sql::new(
             "SELECT hpk, method, res_pk, res_type, id, version, last_updated, content FROM resource_history WHERE res_type = ",
         );
-        sql.bind(res_type).push(" AND id = ").bind(id).push(" AND version = ").bind(version);
+        sql.bind(res_type)
+            .push(" AND id = ")
+            .bind(id)
+            .push(" AND version = ")
+            .bind(version);
         let rows = tx.fetch(&sql, HISTORY_KINDS).await?;
         Ok(rows.into_iter().next().map(history_from_row))
     }
@@ -194,7 +240,9 @@ impl Store {
         let now = now_micros();
         stamp(&mut resource, id, 1, now);
         let content = serde_json::to_string(&resource)?;
-        let mut sql = Sql::new("INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES (");
+        let mut sql = Sql::new(
+            "INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES (",
+        );
         sql.bind(res_type)
             .push(", ")
             .bind(id)
@@ -210,7 +258,10 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let pk = rows.first().map(|r| r.int(0)).ok_or_else(|| Error::internal(anyhow::anyhow!("insert returned no key")))?;
+        let pk = rows
+            .first()
+            .map(|r| r.int(0))
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("insert returned no key")))?;
         let stored = StoredResource {
             pk,
             res_type: res_type.to_owned(),
@@ -303,8 +354,15 @@ impl Store {
     /// Claims a conditional-create key for `pk`. Returns false when another resource already holds it (the caller
     /// then rolls back and looks again). `ON CONFLICT DO NOTHING` waits for a concurrent holder to commit or roll
     /// back, and does not abort the surrounding PostgreSQL transaction.
-    pub async fn claim_conditional_key(&self, tx: &mut Tx, res_type: &str, hash: &str, pk: i64) -> Result<bool> {
-        let mut sql = Sql::new("INSERT INTO conditional_keys (res_type, criteria_hash, res_pk) VALUES (");
+    pub async fn claim_conditional_key(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        hash: &str,
+        pk: i64,
+    ) -> Result<bool> {
+        let mut sql =
+            Sql::new("INSERT INTO conditional_keys (res_type, criteria_hash, res_pk) VALUES (");
         sql.bind(res_type)
             .push(", ")
             .bind(hash)
@@ -337,7 +395,12 @@ impl Store {
     }
 
     /// Replaces the index rows of a resource.
-    async fn write_index(&self, tx: &mut Tx, r: &StoredResource, entries: &[IndexEntry]) -> Result<()> {
+    async fn write_index(
+        &self,
+        tx: &mut Tx,
+        r: &StoredResource,
+        entries: &[IndexEntry],
+    ) -> Result<()> {
         for table in INDEX_TABLES {
             let mut sql = Sql::new(&format!("DELETE FROM {table} WHERE res_pk = "));
             sql.bind(r.pk);
@@ -345,11 +408,28 @@ impl Store {
         }
         // Multi-row inserts in chunks: far fewer round trips than one statement per row.
         const CHUNK: usize = 200;
-        let by_table = |pred: fn(&IndexValue) -> bool| entries.iter().filter(move |e| pred(&e.value)).collect::<Vec<_>>();
+        let by_table = |pred: fn(&IndexValue) -> bool| {
+            entries
+                .iter()
+                .filter(move |e| pred(&e.value))
+                .collect::<Vec<_>>()
+        };
         let groups: [(&str, &str, Vec<&IndexEntry>); 6] = [
-            ("idx_token", "system, code", by_table(|v| matches!(v, IndexValue::Token { .. }))),
-            ("idx_string", "norm, exact", by_table(|v| matches!(v, IndexValue::String { .. }))),
-            ("idx_date", "lo, hi", by_table(|v| matches!(v, IndexValue::Date { .. }))),
+            (
+                "idx_token",
+                "system, code",
+                by_table(|v| matches!(v, IndexValue::Token { .. })),
+            ),
+            (
+                "idx_string",
+                "norm, exact",
+                by_table(|v| matches!(v, IndexValue::String { .. })),
+            ),
+            (
+                "idx_date",
+                "lo, hi",
+                by_table(|v| matches!(v, IndexValue::Date { .. })),
+            ),
             (
                 "idx_reference",
                 "target_type, target_id, url",
@@ -360,16 +440,27 @@ impl Store {
                 "value, lo, hi, system, code, unit",
                 by_table(|v| matches!(v, IndexValue::Quantity { .. } | IndexValue::Number { .. })),
             ),
-            ("idx_uri", "uri", by_table(|v| matches!(v, IndexValue::Uri { .. }))),
+            (
+                "idx_uri",
+                "uri",
+                by_table(|v| matches!(v, IndexValue::Uri { .. })),
+            ),
         ];
         for (table, cols, rows) in groups {
             for chunk in rows.chunks(CHUNK) {
-                let mut sql = Sql::new(&format!("INSERT INTO {table} (res_pk, res_type, param, {cols}) VALUES "));
+                let mut sql = Sql::new(&format!(
+                    "INSERT INTO {table} (res_pk, res_type, param, {cols}) VALUES "
+                ));
                 for (i, e) in chunk.iter().enumerate() {
                     if i > 0 {
                         sql.push(", ");
                     }
-                    sql.push("(").bind(r.pk).push(", ").bind(r.res_type.as_str()).push(", ").bind(e.param);
+                    sql.push("(")
+                        .bind(r.pk)
+                        .push(", ")
+                        .bind(r.res_type.as_str())
+                        .push(", ")
+                        .bind(e.param);
                     for v in index_values(&e.value) {
                         sql.push(", ").bind(v);
                     }
@@ -439,7 +530,14 @@ impl Store {
     }
 }
 
-const INDEX_TABLES: [&str; 6] = ["idx_token", "idx_string", "idx_date", "idx_reference", "idx_quantity", "idx_uri"];
+const INDEX_TABLES: [&str; 6] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_reference",
+    "idx_quantity",
+    "idx_uri",
+];
 
 const HISTORY_KINDS: &[Col] = &[
     Col::Int,
@@ -479,7 +577,11 @@ fn index_values(v: &IndexValue) -> Vec<Val> {
             target_type,
             target_id,
             url,
-        } => vec![target_type.clone().into(), target_id.clone().into(), url.clone().into()],
+        } => vec![
+            target_type.clone().into(),
+            target_id.clone().into(),
+            url.clone().into(),
+        ],
         IndexValue::Quantity {
             value,
             lo,
@@ -496,7 +598,14 @@ fn index_values(v: &IndexValue) -> Vec<Val> {
             unit.clone().into(),
         ],
         IndexValue::Number { value, lo, hi } => {
-            vec![(*value).into(), (*lo).into(), (*hi).into(), Val::Null, Val::Null, Val::Null]
+            vec![
+                (*value).into(),
+                (*lo).into(),
+                (*hi).into(),
+                Val::Null,
+                Val::Null,
+                Val::Null,
+            ]
         }
         IndexValue::Uri { uri } => vec![uri.clone().into()],
     }

@@ -5,8 +5,8 @@ use crate::error::Result;
 use crate::fhir::datetime::now_micros;
 use crate::fhir::registry::{self, ParamKind};
 use crate::fhir::search::{
-    Criterion, Cursor, Direction, Include, KeyValue, Modifier, Prefix, SearchQuery, SearchValue, SortKey, Target,
-    TokenSystem, TotalMode,
+    Criterion, Cursor, Direction, Include, KeyValue, Modifier, Prefix, SearchQuery, SearchValue,
+    SortKey, Target, TokenSystem, TotalMode,
 };
 
 use super::db::{Col, Sql, Tx, Val};
@@ -49,10 +49,18 @@ fn escape_like(s: &str) -> String {
 fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, shi: i64) {
     match prefix {
         Prefix::Eq => {
-            sql.push(&format!("({lo} >= ")).bind(slo).push(&format!(" AND {hi} <= ")).bind(shi).push(")");
+            sql.push(&format!("({lo} >= "))
+                .bind(slo)
+                .push(&format!(" AND {hi} <= "))
+                .bind(shi)
+                .push(")");
         }
         Prefix::Ne => {
-            sql.push(&format!("({lo} < ")).bind(slo).push(&format!(" OR {hi} > ")).bind(shi).push(")");
+            sql.push(&format!("({lo} < "))
+                .bind(slo)
+                .push(&format!(" OR {hi} > "))
+                .bind(shi)
+                .push(")");
         }
         Prefix::Gt => {
             sql.push(&format!("{hi} > ")).bind(shi);
@@ -62,11 +70,19 @@ fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, s
         }
         Prefix::Ge => {
             sql.push(&format!("({hi} > ")).bind(shi);
-            sql.push(&format!(" OR ({lo} >= ")).bind(slo).push(&format!(" AND {hi} <= ")).bind(shi).push("))");
+            sql.push(&format!(" OR ({lo} >= "))
+                .bind(slo)
+                .push(&format!(" AND {hi} <= "))
+                .bind(shi)
+                .push("))");
         }
         Prefix::Le => {
             sql.push(&format!("({lo} < ")).bind(slo);
-            sql.push(&format!(" OR ({lo} >= ")).bind(slo).push(&format!(" AND {hi} <= ")).bind(shi).push("))");
+            sql.push(&format!(" OR ({lo} >= "))
+                .bind(slo)
+                .push(&format!(" AND {hi} <= "))
+                .bind(shi)
+                .push("))");
         }
         Prefix::Sa => {
             sql.push(&format!("{lo} > ")).bind(shi);
@@ -78,8 +94,11 @@ fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, s
             // Approximately: the ranges overlap once the search range is widened by 10 % of its distance from now.
             let now = now_micros();
             let slack = ((now - slo).abs() / 10).max(86_400_000_000);
-            sql.push(&format!("({lo} <= ")).bind(shi.saturating_add(slack));
-            sql.push(&format!(" AND {hi} >= ")).bind(slo.saturating_sub(slack)).push(")");
+            sql.push(&format!("({lo} <= "))
+                .bind(shi.saturating_add(slack));
+            sql.push(&format!(" AND {hi} >= "))
+                .bind(slo.saturating_sub(slack))
+                .push(")");
         }
     }
 }
@@ -87,10 +106,18 @@ fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, s
 fn number_condition(sql: &mut Sql, prefix: Prefix, value: f64, lo: f64, hi: f64) {
     match prefix {
         Prefix::Eq => {
-            sql.push("(x.value >= ").bind(lo).push(" AND x.value < ").bind(hi).push(")");
+            sql.push("(x.value >= ")
+                .bind(lo)
+                .push(" AND x.value < ")
+                .bind(hi)
+                .push(")");
         }
         Prefix::Ne => {
-            sql.push("(x.value < ").bind(lo).push(" OR x.value >= ").bind(hi).push(")");
+            sql.push("(x.value < ")
+                .bind(lo)
+                .push(" OR x.value >= ")
+                .bind(hi)
+                .push(")");
         }
         Prefix::Gt | Prefix::Sa => {
             sql.push("x.value > ").bind(value);
@@ -106,7 +133,11 @@ fn number_condition(sql: &mut Sql, prefix: Prefix, value: f64, lo: f64, hi: f64)
         }
         Prefix::Ap => {
             let slack = (value * 0.1).abs();
-            sql.push("(x.value >= ").bind(value - slack).push(" AND x.value <= ").bind(value + slack).push(")");
+            sql.push("(x.value >= ")
+                .bind(value - slack)
+                .push(" AND x.value <= ")
+                .bind(value + slack)
+                .push(")");
         }
     }
 }
@@ -135,13 +166,19 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
                 sql.push("x.exact = ").bind(s.as_str());
             }
             Modifier::Contains => {
-                sql.push("x.norm LIKE ").bind(format!("%{}%", escape_like(s))).push(" ESCAPE '\\'");
+                sql.push("x.norm LIKE ")
+                    .bind(format!("%{}%", escape_like(s)))
+                    .push(" ESCAPE '\\'");
             }
             _ => {
-                sql.push("x.norm LIKE ").bind(format!("{}%", escape_like(s))).push(" ESCAPE '\\'");
+                sql.push("x.norm LIKE ")
+                    .bind(format!("{}%", escape_like(s)))
+                    .push(" ESCAPE '\\'");
             }
         },
-        SearchValue::Date { prefix, range } => date_condition(sql, "x.lo", "x.hi", *prefix, range.lo, range.hi),
+        SearchValue::Date { prefix, range } => {
+            date_condition(sql, "x.lo", "x.hi", *prefix, range.lo, range.hi)
+        }
         SearchValue::Number {
             prefix,
             value,
@@ -159,12 +196,20 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
                 if system.is_some() {
                     sql.push(" AND x.code = ").bind(c.as_str());
                 } else {
-                    sql.push(" AND (x.code = ").bind(c.as_str()).push(" OR x.unit = ").bind(c.as_str()).push(")");
+                    sql.push(" AND (x.code = ")
+                        .bind(c.as_str())
+                        .push(" OR x.unit = ")
+                        .bind(c.as_str())
+                        .push(")");
                 }
             }
             sql.push(")");
         }
-        SearchValue::Reference { target_type, id, url } => {
+        SearchValue::Reference {
+            target_type,
+            id,
+            url,
+        } => {
             sql.push("(1 = 1");
             if let Some(t) = target_type {
                 sql.push(" AND x.target_type = ").bind(t.as_str());
@@ -179,7 +224,9 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
         }
         SearchValue::Uri(u) => match criterion.modifier {
             Modifier::Below => {
-                sql.push("x.uri LIKE ").bind(format!("{}%", escape_like(u))).push(" ESCAPE '\\'");
+                sql.push("x.uri LIKE ")
+                    .bind(format!("{}%", escape_like(u)))
+                    .push(" ESCAPE '\\'");
             }
             Modifier::Above => {
                 sql.push(" ").bind(u.as_str()).push(" LIKE (x.uri || '%')");
@@ -197,7 +244,8 @@ fn criterion_condition(sql: &mut Sql, resource_type: &str, criterion: &Criterion
         sql.push(&format!(
             "EXISTS (SELECT 1 FROM idx_reference cx JOIN resources ct ON ct.res_type = cx.target_type AND ct.id = cx.target_id AND ct.deleted = 0 WHERE cx.res_pk = {alias}.pk AND cx.param = "
         ));
-        sql.bind(chain.reference.name).push(" AND cx.target_type IN (");
+        sql.bind(chain.reference.name)
+            .push(" AND cx.target_type IN (");
         for (i, t) in chain.target_types.iter().enumerate() {
             if i > 0 {
                 sql.push(", ");
@@ -205,12 +253,21 @@ fn criterion_condition(sql: &mut Sql, resource_type: &str, criterion: &Criterion
             sql.bind(t.as_str());
         }
         sql.push(") AND ");
-        let inner_type = chain.target_types.first().map(String::as_str).unwrap_or(resource_type);
+        let inner_type = chain
+            .target_types
+            .first()
+            .map(String::as_str)
+            .unwrap_or(resource_type);
         criterion_condition(sql, inner_type, &chain.inner, "ct");
         sql.push(")");
         return;
     }
     match criterion.target {
+        // Every resource has an id and a lastUpdated: `:missing=true` matches none, `:missing=false` all.
+        Target::Id | Target::LastUpdated if matches!(criterion.modifier, Modifier::Missing(_)) => {
+            let missing = criterion.modifier == Modifier::Missing(true);
+            sql.push(if missing { "1 = 0" } else { "1 = 1" });
+        }
         Target::Id => {
             let negate = criterion.modifier == Modifier::Not;
             sql.push(if negate { "NOT (" } else { "(" });
@@ -244,7 +301,9 @@ fn criterion_condition(sql: &mut Sql, resource_type: &str, criterion: &Criterion
         Target::Param(def) => {
             let table = index_table(def.kind);
             let exists = |sql: &mut Sql| {
-                sql.push(&format!("EXISTS (SELECT 1 FROM {table} x WHERE x.res_pk = {alias}.pk AND x.param = "));
+                sql.push(&format!(
+                    "EXISTS (SELECT 1 FROM {table} x WHERE x.res_pk = {alias}.pk AND x.param = "
+                ));
                 sql.bind(def.name);
             };
             match criterion.modifier {
@@ -285,7 +344,8 @@ fn or_values(sql: &mut Sql, criterion: &Criterion) {
 /// `WHERE` of the base query: type, not deleted, every criterion and the compartment.
 fn where_clause(q: &SearchQuery) -> Sql {
     let mut sql = Sql::new("r.res_type = ");
-    sql.bind(q.resource_type.as_str()).push(" AND r.deleted = 0");
+    sql.bind(q.resource_type.as_str())
+        .push(" AND r.deleted = 0");
     for c in &q.criteria {
         sql.push(" AND ");
         criterion_condition(&mut sql, &q.resource_type, c, "r");
@@ -303,7 +363,9 @@ pub fn compartment_condition(sql: &mut Sql, resource_type: &str, patient_id: &st
     let params = registry::patient_compartment_params(resource_type);
     sql.push("(");
     if resource_type == "Patient" {
-        sql.push(&format!("{alias}.id = ")).bind(patient_id).push(" OR ");
+        sql.push(&format!("{alias}.id = "))
+            .bind(patient_id)
+            .push(" OR ");
     }
     if params.is_empty() {
         sql.push("1 = 0)");
@@ -336,12 +398,18 @@ fn sort_expression(key: &SortKey) -> (String, Col, Val) {
         Target::Param(def) => {
             let table = index_table(def.kind);
             let (column, col, sentinel) = match def.kind {
-                ParamKind::Date => (if key.descending { "hi" } else { "lo" }, Col::Int, Val::Int(sentinel_int)),
+                ParamKind::Date => (
+                    if key.descending { "hi" } else { "lo" },
+                    Col::Int,
+                    Val::Int(sentinel_int),
+                ),
                 ParamKind::String => ("norm", Col::Text, Val::Text(sentinel_text.into())),
                 ParamKind::Token => ("code", Col::Text, Val::Text(sentinel_text.into())),
                 ParamKind::Reference => ("url", Col::Text, Val::Text(sentinel_text.into())),
                 ParamKind::Uri => ("uri", Col::Text, Val::Text(sentinel_text.into())),
-                ParamKind::Quantity | ParamKind::Number => ("value", Col::Real, Val::Real(sentinel_real)),
+                ParamKind::Quantity | ParamKind::Number => {
+                    ("value", Col::Real, Val::Real(sentinel_real))
+                }
             };
             (
                 format!(
@@ -391,10 +459,15 @@ impl Store {
         for (i, (expr, _, sentinel)) in sort_exprs.iter().enumerate() {
             match sentinel {
                 Val::Null => inner.push(&format!(", {expr} AS k{i}")),
-                _ => inner.push(&format!(", COALESCE({expr}, ")).bind(sentinel.clone()).push(&format!(") AS k{i}")),
+                _ => inner
+                    .push(&format!(", COALESCE({expr}, "))
+                    .bind(sentinel.clone())
+                    .push(&format!(") AS k{i}")),
             };
         }
-        inner.push(" FROM resources r WHERE ").append(&where_clause(q));
+        inner
+            .push(" FROM resources r WHERE ")
+            .append(&where_clause(q));
 
         let backwards = matches!(&q.cursor, Some(c) if c.direction == Direction::Prev);
         let mut sql = Sql::new("SELECT * FROM (");
@@ -428,10 +501,18 @@ impl Store {
         };
         let (first, last) = (rows.first(), rows.last());
         if backwards {
-            page.prev = if more { first.map(|r| cursor_at(r, Direction::Prev)) } else { None };
+            page.prev = if more {
+                first.map(|r| cursor_at(r, Direction::Prev))
+            } else {
+                None
+            };
             page.next = last.map(|r| cursor_at(r, Direction::Next));
         } else {
-            page.next = if more { last.map(|r| cursor_at(r, Direction::Next)) } else { None };
+            page.next = if more {
+                last.map(|r| cursor_at(r, Direction::Next))
+            } else {
+                None
+            };
             page.prev = if q.cursor.is_some() {
                 first.map(|r| cursor_at(r, Direction::Prev))
             } else {
@@ -450,17 +531,28 @@ impl Store {
     }
 
     /// `_include` and `_revinclude` for a page, with one `:iterate` round over what was included.
-    async fn includes(&self, tx: &mut Tx, q: &SearchQuery, matches: &[StoredResource]) -> Result<Vec<StoredResource>> {
+    async fn includes(
+        &self,
+        tx: &mut Tx,
+        q: &SearchQuery,
+        matches: &[StoredResource],
+    ) -> Result<Vec<StoredResource>> {
         let mut seen: std::collections::HashSet<i64> = matches.iter().map(|r| r.pk).collect();
         let mut out: Vec<StoredResource> = Vec::new();
         let mut round: Vec<StoredResource> = matches.to_vec();
         for iteration in 0..2 {
             let mut found = Vec::new();
             for inc in q.include.iter().filter(|i| iteration == 0 || i.iterate) {
-                found.extend(self.include_targets(tx, inc, &round, q.compartment.as_deref()).await?);
+                found.extend(
+                    self.include_targets(tx, inc, &round, q.compartment.as_deref())
+                        .await?,
+                );
             }
             for inc in q.revinclude.iter().filter(|i| iteration == 0 || i.iterate) {
-                found.extend(self.revinclude_sources(tx, inc, &round, q.compartment.as_deref()).await?);
+                found.extend(
+                    self.revinclude_sources(tx, inc, &round, q.compartment.as_deref())
+                        .await?,
+                );
             }
             round = found.into_iter().filter(|r| seen.insert(r.pk)).collect();
             out.extend(round.iter().cloned());
@@ -478,7 +570,11 @@ impl Store {
         from: &[StoredResource],
         compartment: Option<&str>,
     ) -> Result<Vec<StoredResource>> {
-        let pks: Vec<i64> = from.iter().filter(|r| r.res_type == inc.source_type).map(|r| r.pk).collect();
+        let pks: Vec<i64> = from
+            .iter()
+            .filter(|r| r.res_type == inc.source_type)
+            .map(|r| r.pk)
+            .collect();
         if pks.is_empty() {
             return Ok(Vec::new());
         }
@@ -526,7 +622,11 @@ impl Store {
         }
         let mut sql = Sql::new(&format!(
             "SELECT {} FROM resources r WHERE r.res_type = ",
-            RESOURCE_COLS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+            RESOURCE_COLS
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         sql.bind(inc.source_type.as_str())
             .push(" AND r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x WHERE x.res_pk = r.pk AND x.param = ")
@@ -587,7 +687,9 @@ fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
         }
         sql.push("(");
         for (i, value) in cursor.keys.iter().enumerate().take(level) {
-            sql.push(&format!("s.k{i} = ")).bind(key_to_val(value)).push(" AND ");
+            sql.push(&format!("s.k{i} = "))
+                .bind(key_to_val(value))
+                .push(" AND ");
         }
         if level < sort.len() {
             let desc = sort[level].descending != backwards;
@@ -595,7 +697,8 @@ fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
             let value = cursor.keys.get(level).map(key_to_val).unwrap_or(Val::Null);
             sql.push(&format!("s.k{level} {op} ")).bind(value);
         } else {
-            sql.push(&format!("s.pk {} ", if backwards { "<" } else { ">" })).bind(cursor.pk);
+            sql.push(&format!("s.pk {} ", if backwards { "<" } else { ">" }))
+                .bind(cursor.pk);
         }
         sql.push(")");
     }

@@ -10,8 +10,17 @@ use crate::helpers::{Resp, into_resp, spawn_app, spawn_app_with};
 fn assert_outcome(r: &Resp, status: u16) {
     assert_eq!(r.status, status, "{}", r.text);
     assert_eq!(r.body["resourceType"], "OperationOutcome", "{}", r.text);
-    assert!(r.header("content-type").unwrap().starts_with("application/fhir+json"));
-    assert!(!r.body["issue"][0]["diagnostics"].as_str().unwrap_or("").is_empty());
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/fhir+json")
+    );
+    assert!(
+        !r.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -28,14 +37,29 @@ async fn unknown_routes_and_types_are_404_outcomes() {
 #[tokio::test]
 async fn an_unsupported_method_is_405() {
     let app = spawn_app().await;
-    assert_outcome(&app.send(Method::DELETE, "/fhir/metadata", None, &[]).await, 405);
-    assert_outcome(&app.send(Method::PATCH, "/fhir/Patient", None, &[]).await, 405);
+    assert_outcome(
+        &app.send(Method::DELETE, "/fhir/metadata", None, &[]).await,
+        405,
+    );
+    assert_outcome(
+        &app.send(Method::PATCH, "/fhir/Patient", None, &[]).await,
+        405,
+    );
 }
 
 #[tokio::test]
 async fn xml_is_refused_with_406_or_415() {
     let app = spawn_app().await;
-    assert_outcome(&app.send(Method::GET, "/fhir/metadata", None, &[("accept", "application/fhir+xml")]).await, 406);
+    assert_outcome(
+        &app.send(
+            Method::GET,
+            "/fhir/metadata",
+            None,
+            &[("accept", "application/fhir+xml")],
+        )
+        .await,
+        406,
+    );
     assert_outcome(&app.get("/fhir/Patient?_format=xml").await, 406);
     let r = app
         .client
@@ -48,7 +72,17 @@ async fn xml_is_refused_with_406_or_415() {
     assert_outcome(&into_resp(r).await, 415);
     // JSON through _format or Accept is fine.
     assert_eq!(app.get("/fhir/metadata?_format=json").await.status, 200);
-    assert_eq!(app.send(Method::GET, "/fhir/metadata", None, &[("accept", "application/json")]).await.status, 200);
+    assert_eq!(
+        app.send(
+            Method::GET,
+            "/fhir/metadata",
+            None,
+            &[("accept", "application/json")]
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -90,7 +124,12 @@ async fn a_stale_version_is_412_and_a_gone_resource_410() {
     let app = spawn_app().await;
     let id = app.create(&json!({"resourceType": "Patient"})).await;
     let r = app
-        .send(Method::DELETE, &format!("/fhir/Patient/{id}"), None, &[("if-match", "W/\"7\"")])
+        .send(
+            Method::DELETE,
+            &format!("/fhir/Patient/{id}"),
+            None,
+            &[("if-match", "W/\"7\"")],
+        )
         .await;
     assert_outcome(&r, 412);
     app.delete(&format!("/fhir/Patient/{id}")).await;
@@ -120,16 +159,44 @@ async fn the_capability_statement_lists_what_is_implemented() {
     assert_eq!(r.body["resourceType"], "CapabilityStatement");
     assert_eq!(r.body["fhirVersion"], "4.0.1");
     let resources = r.body["rest"][0]["resource"].as_array().unwrap();
-    let types: Vec<&str> = resources.iter().map(|x| x["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = resources
+        .iter()
+        .map(|x| x["type"].as_str().unwrap())
+        .collect();
     for t in kap_gateway::fhir::registry::SUPPORTED_TYPES {
         assert!(types.contains(t), "{t} missing");
     }
-    let obs = resources.iter().find(|x| x["type"] == "Observation").unwrap();
-    let params: Vec<&str> = obs["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    for p in ["_id", "_lastUpdated", "code", "subject", "patient", "date", "value-quantity", "category"] {
-        assert!(params.contains(&p), "Observation search parameter {p} missing");
+    let obs = resources
+        .iter()
+        .find(|x| x["type"] == "Observation")
+        .unwrap();
+    let params: Vec<&str> = obs["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "_id",
+        "_lastUpdated",
+        "code",
+        "subject",
+        "patient",
+        "date",
+        "value-quantity",
+        "category",
+    ] {
+        assert!(
+            params.contains(&p),
+            "Observation search parameter {p} missing"
+        );
     }
-    let interactions: Vec<&str> = r.body["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let interactions: Vec<&str> = r.body["rest"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
     assert!(interactions.contains(&"transaction") && interactions.contains(&"batch"));
 }
 

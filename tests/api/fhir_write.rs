@@ -33,8 +33,15 @@ async fn create_returns_201_with_location_etag_and_last_modified() {
     assert_eq!(r.header("etag").as_deref(), Some("W/\"1\""));
     assert!(r.header("last-modified").unwrap().ends_with("GMT"));
     let location = r.header("location").unwrap();
-    assert_eq!(location, format!("{}/Observation/{id}/_history/1", app.base));
-    assert!(r.header("content-type").unwrap().starts_with("application/fhir+json"));
+    assert_eq!(
+        location,
+        format!("{}/Observation/{id}/_history/1", app.base)
+    );
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/fhir+json")
+    );
     assert_eq!(r.body["meta"]["versionId"], "1");
 }
 
@@ -68,7 +75,9 @@ async fn read_of_an_unknown_id_is_404_and_of_a_deleted_one_410() {
     let r = app.get("/fhir/Patient/nope").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.body["resourceType"], "OperationOutcome");
-    let id = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    let id = app
+        .create(&json!({"resourceType": "Patient", "active": true}))
+        .await;
     let d = app.delete(&format!("/fhir/Patient/{id}")).await;
     assert_eq!(d.status, 204);
     let r = app.get(&format!("/fhir/Patient/{id}")).await;
@@ -81,9 +90,14 @@ async fn read_of_an_unknown_id_is_404_and_of_a_deleted_one_410() {
 #[tokio::test]
 async fn update_creates_a_new_version_and_vread_returns_each() {
     let app = spawn_app().await;
-    let id = app.create(&json!({"resourceType": "Patient", "gender": "female"})).await;
+    let id = app
+        .create(&json!({"resourceType": "Patient", "gender": "female"}))
+        .await;
     let r = app
-        .put(&format!("/fhir/Patient/{id}"), &json!({"resourceType": "Patient", "id": id, "gender": "male"}))
+        .put(
+            &format!("/fhir/Patient/{id}"),
+            &json!({"resourceType": "Patient", "id": id, "gender": "male"}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("etag").as_deref(), Some("W/\"2\""));
@@ -92,16 +106,28 @@ async fn update_creates_a_new_version_and_vread_returns_each() {
     assert_eq!(v1.body["gender"], "female");
     let v2 = app.get(&format!("/fhir/Patient/{id}/_history/2")).await;
     assert_eq!(v2.body["gender"], "male");
-    assert_eq!(app.get(&format!("/fhir/Patient/{id}/_history/9")).await.status, 404);
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{id}/_history/9"))
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
 async fn update_with_a_stale_if_match_is_412_and_changes_nothing() {
     let app = spawn_app().await;
-    let id = app.create(&json!({"resourceType": "Patient", "gender": "female"})).await;
+    let id = app
+        .create(&json!({"resourceType": "Patient", "gender": "female"}))
+        .await;
     let body = json!({"resourceType": "Patient", "id": id, "gender": "male"});
     let ok = app
-        .send(Method::PUT, &format!("/fhir/Patient/{id}"), Some(&body), &[("if-match", "W/\"1\"")])
+        .send(
+            Method::PUT,
+            &format!("/fhir/Patient/{id}"),
+            Some(&body),
+            &[("if-match", "W/\"1\"")],
+        )
         .await;
     assert_eq!(ok.status, 200);
     let stale = app
@@ -113,28 +139,51 @@ async fn update_with_a_stale_if_match_is_412_and_changes_nothing() {
         )
         .await;
     assert_eq!(stale.status, 412, "{}", stale.text);
-    assert_eq!(app.get(&format!("/fhir/Patient/{id}")).await.body["gender"], "male");
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{id}")).await.body["gender"],
+        "male"
+    );
 }
 
 #[tokio::test]
 async fn update_as_create_uses_the_client_chosen_id() {
     let app = spawn_app().await;
     let r = app
-        .put("/fhir/Patient/kap-123", &json!({"resourceType": "Patient", "id": "kap-123", "active": true}))
+        .put(
+            "/fhir/Patient/kap-123",
+            &json!({"resourceType": "Patient", "id": "kap-123", "active": true}),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(app.get("/fhir/Patient/kap-123").await.body["active"], true);
-    let mismatch = app.put("/fhir/Patient/kap-123", &json!({"resourceType": "Patient", "id": "other"})).await;
+    let mismatch = app
+        .put(
+            "/fhir/Patient/kap-123",
+            &json!({"resourceType": "Patient", "id": "other"}),
+        )
+        .await;
     assert_eq!(mismatch.status, 400);
-    let bad_id = app.put("/fhir/Patient/bad_id!", &json!({"resourceType": "Patient", "id": "bad_id!"})).await;
+    let bad_id = app
+        .put(
+            "/fhir/Patient/bad_id!",
+            &json!({"resourceType": "Patient", "id": "bad_id!"}),
+        )
+        .await;
     assert_eq!(bad_id.status, 400);
 }
 
 #[tokio::test]
 async fn an_update_that_changes_nothing_keeps_the_version() {
     let app = spawn_app().await;
-    let id = app.create(&json!({"resourceType": "Patient", "active": true})).await;
-    let r = app.put(&format!("/fhir/Patient/{id}"), &json!({"resourceType": "Patient", "id": id, "active": true})).await;
+    let id = app
+        .create(&json!({"resourceType": "Patient", "active": true}))
+        .await;
+    let r = app
+        .put(
+            &format!("/fhir/Patient/{id}"),
+            &json!({"resourceType": "Patient", "id": id, "active": true}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["meta"]["versionId"], "1");
 }
@@ -142,19 +191,31 @@ async fn an_update_that_changes_nothing_keeps_the_version() {
 #[tokio::test]
 async fn history_lists_every_version_newest_first_with_since_and_count() {
     let app = spawn_app().await;
-    let id = app.create(&json!({"resourceType": "Patient", "gender": "female"})).await;
-    app.put(&format!("/fhir/Patient/{id}"), &json!({"resourceType": "Patient", "id": id, "gender": "male"})).await;
+    let id = app
+        .create(&json!({"resourceType": "Patient", "gender": "female"}))
+        .await;
+    app.put(
+        &format!("/fhir/Patient/{id}"),
+        &json!({"resourceType": "Patient", "id": id, "gender": "male"}),
+    )
+    .await;
     app.delete(&format!("/fhir/Patient/{id}")).await;
     let h = app.get(&format!("/fhir/Patient/{id}/_history")).await;
     assert_eq!(h.status, 200, "{}", h.text);
     assert_eq!(h.body["type"], "history");
     assert_eq!(h.body["total"], 3);
-    let methods: Vec<&str> = h.body["entry"].as_array().unwrap().iter().map(|e| e["request"]["method"].as_str().unwrap()).collect();
+    let methods: Vec<&str> = h.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["method"].as_str().unwrap())
+        .collect();
     assert_eq!(methods, ["DELETE", "PUT", "POST"]);
     assert!(h.body["entry"][0].get("resource").is_none());
 
     // Type and system history, paged with _count and limited by _since.
-    app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    app.create(&json!({"resourceType": "Patient", "active": true}))
+        .await;
     let page = app.get("/fhir/Patient/_history?_count=2").await;
     assert_eq!(page.body["entry"].as_array().unwrap().len(), 2);
     let next = page.link("next").expect("next link");
@@ -169,7 +230,8 @@ async fn history_lists_every_version_newest_first_with_since_and_count() {
 #[tokio::test]
 async fn twenty_parallel_identical_conditional_creates_leave_exactly_one_resource() {
     let app = spawn_app().await;
-    let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]});
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]});
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let client = app.client.clone();
@@ -195,16 +257,34 @@ async fn twenty_parallel_identical_conditional_creates_leave_exactly_one_resourc
         }
     }
     assert_eq!(created, 1);
-    assert_eq!(app.search_ids("Patient?identifier=urn:mrn|42").await.len(), 1);
+    assert_eq!(
+        app.search_ids("Patient?identifier=urn:mrn|42").await.len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn conditional_create_returns_the_existing_match_with_200() {
     let app = spawn_app().await;
-    let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "7"}]});
-    let first = app.send(Method::POST, "/fhir/Patient", Some(&body), &[("if-none-exist", "identifier=urn:mrn|7")]).await;
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "7"}]});
+    let first = app
+        .send(
+            Method::POST,
+            "/fhir/Patient",
+            Some(&body),
+            &[("if-none-exist", "identifier=urn:mrn|7")],
+        )
+        .await;
     assert_eq!(first.status, 201);
-    let second = app.send(Method::POST, "/fhir/Patient", Some(&body), &[("if-none-exist", "identifier=urn:mrn|7")]).await;
+    let second = app
+        .send(
+            Method::POST,
+            "/fhir/Patient",
+            Some(&body),
+            &[("if-none-exist", "identifier=urn:mrn|7")],
+        )
+        .await;
     assert_eq!(second.status, 200);
     assert_eq!(first.body["id"], second.body["id"]);
 }
@@ -218,15 +298,33 @@ async fn conditional_update_and_delete_act_on_the_single_match() {
     let id = r.body["id"].as_str().unwrap().to_owned();
     let mut changed = body.clone();
     changed["active"] = json!(false);
-    let r = app.put("/fhir/Patient?identifier=urn:mrn|9", &changed).await;
+    let r = app
+        .put("/fhir/Patient?identifier=urn:mrn|9", &changed)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["id"], id.as_str());
     assert_eq!(r.body["meta"]["versionId"], "2");
 
-    app.create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "dup"}]})).await;
-    app.create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "dup"}]})).await;
-    assert_eq!(app.delete("/fhir/Patient?identifier=urn:mrn|dup").await.status, 412);
-    assert_eq!(app.delete("/fhir/Patient?identifier=urn:mrn|9").await.status, 204);
+    app.create(
+        &json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "dup"}]}),
+    )
+    .await;
+    app.create(
+        &json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "dup"}]}),
+    )
+    .await;
+    assert_eq!(
+        app.delete("/fhir/Patient?identifier=urn:mrn|dup")
+            .await
+            .status,
+        412
+    );
+    assert_eq!(
+        app.delete("/fhir/Patient?identifier=urn:mrn|9")
+            .await
+            .status,
+        204
+    );
     assert_eq!(app.get(&format!("/fhir/Patient/{id}")).await.status, 410);
 }
 
@@ -259,18 +357,35 @@ async fn json_patch_changes_the_resource_and_keeps_the_rest() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 422);
-    assert_eq!(app.get(&format!("/fhir/Observation/{id}")).await.body["meta"]["versionId"], "2");
+    assert_eq!(
+        app.get(&format!("/fhir/Observation/{id}")).await.body["meta"]["versionId"],
+        "2"
+    );
 }
 
 #[tokio::test]
 async fn prefer_return_minimal_and_operation_outcome_are_honoured() {
     let app = spawn_app().await;
     let p = json!({"resourceType": "Patient", "active": true});
-    let minimal = app.send(Method::POST, "/fhir/Patient", Some(&p), &[("prefer", "return=minimal")]).await;
+    let minimal = app
+        .send(
+            Method::POST,
+            "/fhir/Patient",
+            Some(&p),
+            &[("prefer", "return=minimal")],
+        )
+        .await;
     assert_eq!(minimal.status, 201);
     assert!(minimal.text.is_empty());
     assert!(minimal.header("location").is_some());
-    let oo = app.send(Method::POST, "/fhir/Patient", Some(&p), &[("prefer", "return=OperationOutcome")]).await;
+    let oo = app
+        .send(
+            Method::POST,
+            "/fhir/Patient",
+            Some(&p),
+            &[("prefer", "return=OperationOutcome")],
+        )
+        .await;
     assert_eq!(oo.status, 201);
     assert_eq!(oo.body["resourceType"], "OperationOutcome");
 }
@@ -278,18 +393,79 @@ async fn prefer_return_minimal_and_operation_outcome_are_honoured() {
 #[tokio::test]
 async fn invalid_resources_are_refused_with_the_element_named() {
     let app = spawn_app().await;
-    let r = app.post("/fhir/Patient", &json!({"resourceType": "Patient", "foo": 1})).await;
+    let r = app
+        .post(
+            "/fhir/Patient",
+            &json!({"resourceType": "Patient", "foo": 1}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.diagnostics().contains("Patient.foo"), "{}", r.diagnostics());
-    let r = app.post("/fhir/Patient", &json!({"resourceType": "Patient", "birthDate": 1980})).await;
+    assert!(
+        r.diagnostics().contains("Patient.foo"),
+        "{}",
+        r.diagnostics()
+    );
+    let r = app
+        .post(
+            "/fhir/Patient",
+            &json!({"resourceType": "Patient", "birthDate": 1980}),
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.diagnostics().contains("birthDate"), "{}", r.diagnostics());
-    let r = app.post("/fhir/Patient", &json!({"resourceType": "Observation", "status": "final"})).await;
+    let r = app
+        .post(
+            "/fhir/Patient",
+            &json!({"resourceType": "Observation", "status": "final"}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.diagnostics().contains("resourceType"), "{}", r.diagnostics());
+    assert!(
+        r.diagnostics().contains("resourceType"),
+        "{}",
+        r.diagnostics()
+    );
     let r = app
         .post("/fhir/Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "eighty"}}))
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.diagnostics().contains("valueQuantity.value"), "{}", r.diagnostics());
+    assert!(
+        r.diagnostics().contains("valueQuantity.value"),
+        "{}",
+        r.diagnostics()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_updates_of_one_resource_all_succeed_as_successive_versions() {
+    let app = spawn_app().await;
+    let id = app
+        .create(&json!({"resourceType": "Patient", "active": true}))
+        .await;
+    let mut tasks = Vec::new();
+    for n in 0..10 {
+        let client = app.client.clone();
+        let url = app.url(&format!("/fhir/Patient/{id}"));
+        let body =
+            json!({"resourceType": "Patient", "id": id, "name": [{"family": format!("F{n}")}]})
+                .to_string();
+        tasks.push(tokio::spawn(async move {
+            client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 200);
+    }
+    let h = app.get(&format!("/fhir/Patient/{id}/_history")).await;
+    assert_eq!(h.body["total"], 11);
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{id}")).await.body["meta"]["versionId"],
+        "11"
+    );
 }

@@ -21,9 +21,9 @@ pub async fn fresh_database() -> (String, Option<tempfile::TempDir>) {
         Ok(url) if !url.is_empty() => {
             use sqlx::Connection as _;
             let name = format!("kapgw_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&url)
-                .await
-                .unwrap_or_else(|e| panic!("KAPGW_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}"));
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+                panic!("KAPGW_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}")
+            });
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
                 .await
@@ -79,7 +79,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 
     /// The diagnostics of an OperationOutcome, joined.
@@ -88,7 +91,13 @@ impl Resp {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|i| format!("{} @ {}", i["diagnostics"].as_str().unwrap_or(""), i["expression"]))
+                    .map(|i| {
+                        format!(
+                            "{} @ {}",
+                            i["diagnostics"].as_str().unwrap_or(""),
+                            i["expression"]
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             })
@@ -137,26 +146,42 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        into_resp(self.client.get(self.url(path)).send().await.expect("request")).await
+        into_resp(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
     }
 
     pub async fn get_url(&self, url: &str) -> Resp {
         into_resp(self.client.get(url).send().await.expect("request")).await
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Resp {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut req = self.client.request(method, self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/fhir+json").body(b.to_string());
+            req = req
+                .header("content-type", "application/fhir+json")
+                .body(b.to_string());
         }
         into_resp(req.send().await.expect("request")).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Resp {
-        self.send(reqwest::Method::POST, path, Some(body), &[]).await
+        self.send(reqwest::Method::POST, path, Some(body), &[])
+            .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Resp {

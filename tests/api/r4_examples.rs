@@ -22,7 +22,13 @@ async fn every_official_r4_example_of_a_supported_type_round_trips_unchanged() {
             let id = sent["id"].as_str().unwrap().to_owned();
             // PUT keeps the example's id so that its references between examples stay meaningful.
             let r = app.put(&format!("/fhir/{t}/{id}"), &sent).await;
-            assert!(r.status == 201 || r.status == 200, "{}: {} {}", path.display(), r.status, r.text);
+            assert!(
+                r.status == 201 || r.status == 200,
+                "{}: {} {}",
+                path.display(),
+                r.status,
+                r.text
+            );
             let back = app.get(&format!("/fhir/{t}/{id}")).await;
             assert_eq!(back.status, 200);
             // Numbers compare by their exact text (arbitrary_precision), so 1.50 vs 1.5 would fail here.

@@ -36,8 +36,15 @@ async fn a_transaction_resolves_urn_uuid_references_between_its_entries() {
     let patient_id = entries[1]["resource"]["id"].as_str().unwrap();
     let obs_id = entries[0]["resource"]["id"].as_str().unwrap();
     let obs = app.get(&format!("/fhir/Observation/{obs_id}")).await;
-    assert_eq!(obs.body["subject"]["reference"], format!("Patient/{patient_id}"));
-    assert_eq!(app.search_ids(&format!("Observation?subject=Patient/{patient_id}")).await, vec![obs_id.to_owned()]);
+    assert_eq!(
+        obs.body["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
+    assert_eq!(
+        app.search_ids(&format!("Observation?subject=Patient/{patient_id}"))
+            .await,
+        vec![obs_id.to_owned()]
+    );
 }
 
 #[tokio::test]
@@ -53,7 +60,11 @@ async fn a_failing_entry_rolls_back_the_whole_transaction_and_is_named() {
     });
     let r = app.post("/fhir", &bundle).await;
     assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.diagnostics().contains("Bundle.entry[1]"), "{}", r.diagnostics());
+    assert!(
+        r.diagnostics().contains("Bundle.entry[1]"),
+        "{}",
+        r.diagnostics()
+    );
     assert_eq!(app.get("/fhir/Patient").await.body["total"], 0);
 }
 
@@ -84,9 +95,18 @@ async fn a_transaction_resolves_conditional_references_and_conditional_creates()
     let entries = r.body["entry"].as_array().unwrap();
     assert_eq!(entries[0]["response"]["status"], "200 OK");
     assert_eq!(entries[0]["resource"]["id"], pid.as_str());
-    assert_eq!(entries[1]["resource"]["subject"]["reference"], format!("Patient/{pid}"));
-    assert_eq!(entries[2]["resource"]["subject"]["reference"], format!("Patient/{pid}"));
-    assert_eq!(app.search_ids("Patient?identifier=urn:mrn|c1").await.len(), 1);
+    assert_eq!(
+        entries[1]["resource"]["subject"]["reference"],
+        format!("Patient/{pid}")
+    );
+    assert_eq!(
+        entries[2]["resource"]["subject"]["reference"],
+        format!("Patient/{pid}")
+    );
+    assert_eq!(
+        app.search_ids("Patient?identifier=urn:mrn|c1").await.len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -109,7 +129,9 @@ async fn a_conditional_reference_matching_nothing_fails_the_transaction() {
 #[tokio::test]
 async fn deletes_run_before_creates_and_updates_in_a_transaction() {
     let app = spawn_app().await;
-    let old = app.create(&json!({"resourceType": "Patient", "active": false})).await;
+    let old = app
+        .create(&json!({"resourceType": "Patient", "active": false}))
+        .await;
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "transaction",
@@ -147,7 +169,10 @@ async fn a_batch_runs_each_entry_on_its_own() {
     let entries = r.body["entry"].as_array().unwrap();
     assert_eq!(entries[0]["response"]["status"], "201 Created");
     assert_eq!(entries[1]["response"]["status"], "400");
-    assert_eq!(entries[1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(
+        entries[1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
     assert_eq!(entries[2]["response"]["status"], "404");
     assert_eq!(app.get("/fhir/Patient").await.body["total"], 1);
 }
@@ -155,7 +180,12 @@ async fn a_batch_runs_each_entry_on_its_own() {
 #[tokio::test]
 async fn a_bundle_that_is_neither_batch_nor_transaction_is_refused() {
     let app = spawn_app().await;
-    let r = app.post("/fhir", &json!({"resourceType": "Bundle", "type": "collection"})).await;
+    let r = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "collection"}),
+        )
+        .await;
     assert_eq!(r.status, 400);
     let r = app.post("/fhir", &json!({"resourceType": "Patient"})).await;
     assert_eq!(r.status, 400);
