@@ -32,6 +32,64 @@ pub struct Config {
     pub log_level: String,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// OAuth clients registered at start-up (`[[clients]]` tables), replacing stored ones with the same id.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Users registered at start-up (`[[users]]` tables), replacing stored ones with the same username.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Authorization: token lifetimes and an optional external issuer (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: the built-in SMART authorization server and trust of an external one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Run the built-in authorization server and accept its tokens. Turn off to accept only an external issuer's.
+    pub builtin: bool,
+    /// Lifetime of access tokens from app launches, in seconds (at most 3600).
+    pub access_token_secs: i64,
+    /// Lifetime of backend-services access tokens, in seconds (at most 300).
+    pub backend_token_secs: i64,
+    /// Lifetime of refresh tokens, in days.
+    pub refresh_token_days: i64,
+    /// How long a rotated-out signing key keeps verifying, in seconds (at least the longest token lifetime).
+    pub key_overlap_secs: i64,
+    /// An external authorization server whose access tokens are trusted (`[auth.external]`).
+    pub external: Option<ExternalAuthConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            builtin: true,
+            access_token_secs: 3600,
+            backend_token_secs: 300,
+            refresh_token_days: 30,
+            key_overlap_secs: 3900,
+            external: None,
+        }
+    }
+}
+
+/// `[auth.external]`: tokens signed (RS384 or ES384) by a key of `jwks_url`, with this `issuer` and `audience`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthConfig {
+    pub issuer: String,
+    pub jwks_url: String,
+    /// Expected `aud`; defaults to the FHIR base URL.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Claim holding the scopes (space-separated string or array).
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+}
+
+fn default_scope_claim() -> String {
+    "scope".into()
 }
 
 impl Default for Config {
@@ -46,7 +104,102 @@ impl Default for Config {
             log_format: "text".into(),
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
+            clients: Vec::new(),
+            users: Vec::new(),
+            auth: AuthConfig::default(),
         }
+    }
+}
+
+/// An OAuth client declared in the configuration file:
+///
+/// ```toml
+/// [[clients]]
+/// client_id = "intake-app"
+/// name = "Intake questionnaire app"
+/// kind = "public"   # or "confidential-symmetric" / "confidential-asymmetric"
+/// redirect_uris = ["https://intake.example.org/callback"]
+/// allowed_scopes = "openid fhirUser launch/patient patient/*.rs"
+/// ```
+///
+/// A symmetric client's secret is given as `secret` or, to keep it out of the file, as `secret_env` (the name of
+/// an environment variable holding it). An asymmetric client gives `jwks` (a JSON string or a table) or
+/// `jwks_uri`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub name: String,
+    /// `public`, `confidential-symmetric` or `confidential-asymmetric`; checked when the registry loads it, which
+    /// keeps this module free of the authorization types.
+    pub kind: String,
+    /// Never written back out (`kap-gateway config` prints the configuration).
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Space-separated SMART scopes the client may be granted.
+    pub allowed_scopes: String,
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+}
+
+// Written by hand so that a logged configuration never shows a secret.
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("client_id", &self.client_id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_env", &self.secret_env)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("allowed_scopes", &self.allowed_scopes)
+            .field("jwks", &self.jwks)
+            .field("jwks_uri", &self.jwks_uri)
+            .finish()
+    }
+}
+
+/// A user declared in the configuration file:
+///
+/// ```toml
+/// [[users]]
+/// username = "dr.rivera"
+/// password_env = "KAP_RIVERA_PASSWORD"   # or password = "…"
+/// role = "therapist"                     # clinician, therapist, admin or patient
+/// fhir_user = "Practitioner/rivera"
+/// ```
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    /// Never written back out (`kap-gateway config` prints the configuration).
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// `clinician`, `therapist`, `admin` or `patient`; checked when the registry loads it.
+    pub role: String,
+    /// `Practitioner/<id>` or `Patient/<id>`.
+    #[serde(default)]
+    pub fhir_user: Option<String>,
+}
+
+// Written by hand so that a logged configuration never shows a password.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("role", &self.role)
+            .field("fhir_user", &self.fhir_user)
+            .finish()
     }
 }
 

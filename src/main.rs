@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use kap_gateway::auth::registry::{ClientKind, NewClient, Registry, RegistryError, Role};
 use kap_gateway::config::{Config, Overrides};
 use kap_gateway::startup::{Application, connect_store};
 
@@ -30,6 +31,153 @@ enum Command {
     Migrate(DbArgs),
     /// Print the effective configuration (after all layers) as TOML and exit.
     Config(DbArgs),
+    /// Register, list and remove the OAuth clients of the built-in authorization server.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Register, list and remove the users who sign in to the built-in authorization server.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Register a client. Secrets are stored only as Argon2id hashes.
+    ///
+    /// Example: kap-gateway clients add --id intake --name "Intake app" --kind public
+    /// --redirect-uri https://intake.example.org/callback --scopes "openid fhirUser launch/patient patient/*.rs"
+    Add(ClientAddArgs),
+    /// List the registered clients (secrets are never shown).
+    List(StoreArgs),
+    /// Remove a client.
+    Remove {
+        /// The client id.
+        #[arg(value_name = "ID")]
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientAddArgs {
+    /// Client id: 1 to 128 characters among A-Z a-z 0-9 . _ -
+    #[arg(long, value_name = "ID")]
+    id: String,
+    /// Human-readable name, shown on the consent page.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// How the client authenticates: public (PKCE only), confidential-symmetric (a secret) or
+    /// confidential-asymmetric (a signed JWT, keys from --jwks or --jwks-uri).
+    #[arg(long, value_enum, value_name = "KIND")]
+    kind: KindArg,
+    /// Secret of a confidential-symmetric client (at least 16 characters). Prefer --secret-env: command lines are
+    /// visible to other users of the machine.
+    #[arg(long, value_name = "SECRET", conflicts_with = "secret_env")]
+    secret: Option<String>,
+    /// Name of an environment variable holding the secret of a confidential-symmetric client.
+    #[arg(long, value_name = "VAR")]
+    secret_env: Option<String>,
+    /// Allowed redirect URI (repeatable): absolute https URL without fragment; http only for localhost and
+    /// 127.0.0.1. At least one for public and confidential-symmetric clients.
+    #[arg(long = "redirect-uri", value_name = "URI")]
+    redirect_uris: Vec<String>,
+    /// Space-separated SMART scopes the client may be granted, e.g. "openid fhirUser patient/*.rs".
+    #[arg(long, value_name = "SCOPES")]
+    scopes: String,
+    /// Public keys of a confidential-asymmetric client: a JWKS as inline JSON ({"keys":[...]}) or a file holding it.
+    #[arg(long, value_name = "FILE_OR_JSON", conflicts_with = "jwks_uri")]
+    jwks: Option<String>,
+    /// URL where a confidential-asymmetric client publishes its JWKS.
+    #[arg(long, value_name = "URL")]
+    jwks_uri: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KindArg {
+    Public,
+    ConfidentialSymmetric,
+    ConfidentialAsymmetric,
+}
+
+impl From<KindArg> for ClientKind {
+    fn from(k: KindArg) -> ClientKind {
+        match k {
+            KindArg::Public => ClientKind::Public,
+            KindArg::ConfidentialSymmetric => ClientKind::ConfidentialSymmetric,
+            KindArg::ConfidentialAsymmetric => ClientKind::ConfidentialAsymmetric,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Register a user. Passwords are stored only as Argon2id hashes.
+    ///
+    /// Without --password or --password-env the password is read from standard input (its first line).
+    Add(UserAddArgs),
+    /// List the registered users (passwords are never shown).
+    List(StoreArgs),
+    /// Remove a user.
+    Remove {
+        /// The username.
+        #[arg(value_name = "USERNAME")]
+        username: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct UserAddArgs {
+    /// Username: 1 to 128 characters among A-Z a-z 0-9 . _ @ -
+    #[arg(long, value_name = "USERNAME")]
+    username: String,
+    /// Password (at least 8 characters). Prefer --password-env or standard input: command lines are visible to
+    /// other users of the machine.
+    #[arg(long, value_name = "PASSWORD", conflicts_with = "password_env")]
+    password: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
+    /// clinician, therapist (may also see psychotherapy notes), admin (may manage and read the audit trail) or
+    /// patient (only their own record).
+    #[arg(long, value_enum, value_name = "ROLE")]
+    role: RoleArg,
+    /// The FHIR resource the user is: Practitioner/<id>, or Patient/<id> (required for the patient role).
+    #[arg(long, value_name = "REFERENCE")]
+    fhir_user: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Clinician,
+    Therapist,
+    Admin,
+    Patient,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Clinician => Role::Clinician,
+            RoleArg::Therapist => Role::Therapist,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Patient => Role::Patient,
+        }
+    }
+}
+
+/// The database of the registry commands.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct StoreArgs {
+    /// Database URL: sqlite://FILE (created when missing) or postgres://USER@HOST:PORT/DB
+    /// [default: sqlite://kap-gateway.db].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -64,22 +212,17 @@ fn load(cli: &Cli, args: &DbArgs) -> Result<Config, String> {
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli
-        .command
-        .as_ref()
-        .map_or(Command::Serve(DbArgs::default()), |c| match c {
-            Command::Serve(a) => Command::Serve(a.clone()),
-            Command::Migrate(a) => Command::Migrate(a.clone()),
-            Command::Config(a) => Command::Config(a.clone()),
-        });
-    let result = match &command {
-        Command::Serve(args) => serve(&cli, args).await,
-        Command::Migrate(args) => migrate(&cli, args).await,
-        Command::Config(args) => load(&cli, args).and_then(|c| {
+    let result = match &cli.command {
+        None => serve(&cli, &DbArgs::default()).await,
+        Some(Command::Serve(args)) => serve(&cli, args).await,
+        Some(Command::Migrate(args)) => migrate(&cli, args).await,
+        Some(Command::Config(args)) => load(&cli, args).and_then(|c| {
             toml::to_string(&c)
                 .map(|s| print!("{s}"))
                 .map_err(|e| e.to_string())
         }),
+        Some(Command::Clients(command)) => clients(&cli, command).await,
+        Some(Command::Users(command)) => users(&cli, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,4 +254,224 @@ async fn migrate(cli: &Cli, args: &DbArgs) -> Result<(), String> {
     connect_store(&config).await.map_err(|e| format!("{e:#}"))?;
     println!("migrations applied");
     Ok(())
+}
+
+/// Opens the configured database (applying migrations) for a registry command.
+async fn registry(cli: &Cli, store: &StoreArgs) -> Result<Registry, String> {
+    let overrides = Overrides {
+        database_url: store.database_url.clone(),
+        ..Overrides::default()
+    };
+    let config = Config::load(cli.config.as_deref(), &overrides)
+        .map_err(|e| format!("configuration error: {e}"))?;
+    kap_gateway::telemetry::init(&config.log_level, &config.log_format);
+    let store = connect_store(&config).await.map_err(|e| format!("{e:#}"))?;
+    Ok(Registry::new(store.db))
+}
+
+fn registry_error(e: RegistryError) -> String {
+    e.to_string()
+}
+
+/// A secret given directly or named by an environment variable.
+fn secret_arg(direct: Option<&String>, env: Option<&String>) -> Result<Option<String>, String> {
+    match (direct, env) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("environment variable {var} is not set")),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The `--jwks` value: inline JSON when it looks like an object, otherwise the path of a file holding it.
+fn jwks_arg(value: &str) -> Result<serde_json::Value, String> {
+    let text = if value.trim_start().starts_with('{') {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(value)
+            .map_err(|e| format!("cannot read the JWKS file {value}: {e}"))?
+    };
+    serde_json::from_str(&text).map_err(|e| format!("the JWKS is not valid JSON: {e}"))
+}
+
+async fn clients(cli: &Cli, command: &ClientsCommand) -> Result<(), String> {
+    match command {
+        ClientsCommand::Add(args) => {
+            let new = NewClient {
+                client_id: args.id.clone(),
+                name: args.name.clone(),
+                kind: args.kind.into(),
+                secret: secret_arg(args.secret.as_ref(), args.secret_env.as_ref())?,
+                redirect_uris: args.redirect_uris.clone(),
+                allowed_scopes: args.scopes.clone(),
+                jwks: args.jwks.as_deref().map(jwks_arg).transpose()?,
+                jwks_uri: args.jwks_uri.clone(),
+            };
+            let registry = registry(cli, &args.store).await?;
+            let client = registry.add_client(new).await.map_err(registry_error)?;
+            println!("client '{}' registered ({})", client.client_id, client.kind);
+        }
+        ClientsCommand::List(store) => {
+            let registry = registry(cli, store).await?;
+            let rows = registry
+                .list_clients()
+                .await
+                .map_err(registry_error)?
+                .into_iter()
+                .map(|c| {
+                    vec![
+                        c.client_id,
+                        c.kind.to_string(),
+                        c.name,
+                        if c.redirect_uris.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            c.redirect_uris.join(",")
+                        },
+                        c.allowed_scopes,
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "KIND", "NAME", "REDIRECT URIS", "SCOPES"], rows);
+        }
+        ClientsCommand::Remove { id, store } => {
+            let registry = registry(cli, store).await?;
+            if !registry.remove_client(id).await.map_err(registry_error)? {
+                return Err(RegistryError::NotFound(format!("client '{id}'")).to_string());
+            }
+            println!("client '{id}' removed");
+        }
+    }
+    Ok(())
+}
+
+async fn users(cli: &Cli, command: &UsersCommand) -> Result<(), String> {
+    match command {
+        UsersCommand::Add(args) => {
+            let password = match secret_arg(args.password.as_ref(), args.password_env.as_ref())? {
+                Some(p) => p,
+                None => read_password(&args.username)?,
+            };
+            let registry = registry(cli, &args.store).await?;
+            let user = registry
+                .add_user(
+                    &args.username,
+                    &password,
+                    args.role.into(),
+                    args.fhir_user.as_deref(),
+                )
+                .await
+                .map_err(registry_error)?;
+            println!("user '{}' registered ({})", user.username, user.role);
+        }
+        UsersCommand::List(store) => {
+            let registry = registry(cli, store).await?;
+            let rows = registry
+                .list_users()
+                .await
+                .map_err(registry_error)?
+                .into_iter()
+                .map(|u| {
+                    vec![
+                        u.username,
+                        u.role.to_string(),
+                        u.fhir_user.unwrap_or_else(|| "-".to_owned()),
+                        kap_gateway::fhir::datetime::format_instant(u.created_at),
+                    ]
+                })
+                .collect();
+            print_table(&["USERNAME", "ROLE", "FHIR USER", "CREATED"], rows);
+        }
+        UsersCommand::Remove { username, store } => {
+            let registry = registry(cli, store).await?;
+            if !registry
+                .remove_user(username)
+                .await
+                .map_err(registry_error)?
+            {
+                return Err(RegistryError::NotFound(format!("user '{username}'")).to_string());
+            }
+            println!("user '{username}' removed");
+        }
+    }
+    Ok(())
+}
+
+/// Reads a password from the first line of standard input, prompting (without echo) when it is a terminal.
+fn read_password(username: &str) -> Result<String, String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let echo = if stdin.is_terminal() {
+        eprint!("Password for {username}: ");
+        let _ = std::io::stderr().flush();
+        Some(EchoOff::new())
+    } else {
+        None
+    };
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    if echo.is_some() {
+        eprintln!();
+    }
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err(
+            "no password given (use --password-env VAR or write it to standard input)".to_owned(),
+        );
+    }
+    Ok(password)
+}
+
+/// Turns terminal echo off while a password is typed, and back on when dropped (also on error paths).
+struct EchoOff;
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        stty("-echo");
+        EchoOff
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        stty("echo");
+    }
+}
+
+// Best effort: without `stty` the password is still read, only visibly.
+fn stty(arg: &str) {
+    let _ = std::process::Command::new("stty")
+        .arg(arg)
+        .stdin(std::process::Stdio::inherit())
+        .status();
+}
+
+/// Prints rows under headers in aligned columns; the last column is not padded.
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }

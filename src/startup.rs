@@ -9,6 +9,8 @@ use actix_web::dev::Server;
 use anyhow::Context as _;
 
 use crate::api::{AppState, create_app};
+use crate::auth::keys::KeyRing;
+use crate::auth::tokens::{Authenticator, ExternalIssuer};
 use crate::config::Config;
 use crate::fhir::capability::CapabilityInput;
 use crate::fhir::registry::SUPPORTED_TYPES;
@@ -39,7 +41,12 @@ fn scheme(url: &str) -> &str {
 }
 
 /// Builds the shared application state.
-pub fn build_state(config: &Config, store: Store, base_url: String) -> AppState {
+pub fn build_state(
+    config: &Config,
+    store: Store,
+    base_url: String,
+    auth: Authenticator,
+) -> AppState {
     let capability = CapabilityInput {
         base_url: base_url.clone(),
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -51,6 +58,7 @@ pub fn build_state(config: &Config, store: Store, base_url: String) -> AppState 
         fhir: FhirService::new(store.clone(), base_url),
         store,
         capability,
+        auth,
     }
 }
 
@@ -73,7 +81,28 @@ impl Application {
         };
         let store = connect_store(&config).await?;
         crate::fhir::validate::warm_up(SUPPORTED_TYPES);
-        let state = build_state(&config, store, base_url);
+        let keys = KeyRing::load_or_create(&store.db)
+            .await
+            .context("cannot load or create the token-signing keys")?;
+        crate::auth::registry::Registry::new(store.db.clone())
+            .load_from_config(&config)
+            .await
+            .context("cannot register the clients and users of the configuration")?;
+        let external = config.auth.external.as_ref().map(|e| ExternalIssuer {
+            issuer: e.issuer.clone(),
+            jwks_url: e.jwks_url.clone(),
+            audience: e.audience.clone().unwrap_or_else(|| base_url.clone()),
+            scope_claim: e.scope_claim.clone(),
+        });
+        let auth = Authenticator::new(
+            keys,
+            store.db.clone(),
+            base_url.clone(),
+            base_url.clone(),
+            external,
+        )
+        .with_builtin(config.auth.builtin);
+        let state = build_state(&config, store, base_url, auth);
         let app_state = state.clone();
         let mut server = HttpServer::new(move || create_app(app_state.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)

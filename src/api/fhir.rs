@@ -11,6 +11,7 @@ use super::response::{
     Return, json_response, negotiate, parse_json, prefer_return, prefer_strict, read_body,
     resource_response, write_response,
 };
+use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::capability::capability_statement;
 use crate::fhir::datetime::parse_range;
@@ -62,11 +63,12 @@ pub async fn metadata(state: web::Data<AppState>, req: HttpRequest) -> Result<Ht
 pub async fn read(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (res_type, id) = path.into_inner();
-    let r = state.fhir.read(&res_type, &id).await?;
+    let r = state.fhir.read(&access, &res_type, &id).await?;
     if let Some(inm) = req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -84,11 +86,12 @@ pub async fn read(
 pub async fn vread(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (res_type, id, vid) = path.into_inner();
-    let r = state.fhir.vread(&res_type, &id, &vid).await?;
+    let r = state.fhir.vread(&access, &res_type, &id, &vid).await?;
     Ok(resource_response(&req, StatusCode::OK, &r))
 }
 
@@ -96,6 +99,7 @@ pub async fn vread(
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
@@ -109,7 +113,7 @@ pub async fn create(
         .map(str::to_owned);
     let out = state
         .fhir
-        .create(&res_type, body, if_none_exist.as_deref())
+        .create(&access, &res_type, body, if_none_exist.as_deref())
         .await?;
     Ok(write_response(
         &req,
@@ -123,6 +127,7 @@ pub async fn create(
 pub async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
@@ -131,7 +136,7 @@ pub async fn update(
     let body = body_json(&state, &req, payload).await?;
     let out = state
         .fhir
-        .update(&res_type, &id, body, if_match(&req)?)
+        .update(&access, &res_type, &id, body, if_match(&req)?)
         .await?;
     Ok(write_response(
         &req,
@@ -145,6 +150,7 @@ pub async fn update(
 pub async fn conditional_update(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
@@ -154,7 +160,7 @@ pub async fn conditional_update(
     let params = query_pairs(&req);
     let out = state
         .fhir
-        .conditional_update(&res_type, &params, body, if_match(&req)?)
+        .conditional_update(&access, &res_type, &params, body, if_match(&req)?)
         .await?;
     Ok(write_response(
         &req,
@@ -168,6 +174,7 @@ pub async fn conditional_update(
 pub async fn patch(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
@@ -177,7 +184,7 @@ pub async fn patch(
     let patch = parse_json(&body)?;
     let out = state
         .fhir
-        .patch(&res_type, &id, patch, if_match(&req)?)
+        .patch(&access, &res_type, &id, patch, if_match(&req)?)
         .await?;
     Ok(write_response(
         &req,
@@ -203,11 +210,15 @@ fn delete_response(req: &HttpRequest, message: String, etag: Option<String>) -> 
 pub async fn delete(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let (res_type, id) = path.into_inner();
-    let deleted = state.fhir.delete(&res_type, &id, if_match(&req)?).await?;
+    let deleted = state
+        .fhir
+        .delete(&access, &res_type, &id, if_match(&req)?)
+        .await?;
     let message = match &deleted {
         Some(d) => format!("Deleted {res_type}/{id} (version {})", d.version),
         None => format!("{res_type}/{id} was already deleted"),
@@ -219,12 +230,16 @@ pub async fn delete(
 pub async fn conditional_delete(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let res_type = path.into_inner();
     let params = query_pairs(&req);
-    let deleted = state.fhir.conditional_delete(&res_type, &params).await?;
+    let deleted = state
+        .fhir
+        .conditional_delete(&access, &res_type, &params)
+        .await?;
     let message = match &deleted {
         Some(d) => format!("Deleted {res_type}/{}", d.id),
         None => format!("No {res_type} matched; nothing deleted"),
@@ -235,13 +250,14 @@ pub async fn conditional_delete(
 async fn run_search(
     state: &AppState,
     req: &HttpRequest,
+    access: &Access,
     res_type: &str,
     params: Vec<(String, String)>,
 ) -> Result<HttpResponse> {
     let q = state
         .fhir
         .parse_search(res_type, &params, prefer_strict(req))?;
-    let page = state.fhir.search(&q).await?;
+    let page = state.fhir.search(access, &q).await?;
     Ok(json_response(
         req,
         StatusCode::OK,
@@ -253,17 +269,19 @@ async fn run_search(
 pub async fn search(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let res_type = path.into_inner();
-    run_search(&state, &req, &res_type, query_pairs(&req)).await
+    run_search(&state, &req, &access, &res_type, query_pairs(&req)).await
 }
 
 /// search: `POST /fhir/{type}/_search` with form parameters (and any in the URL).
 pub async fn search_post(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
@@ -278,7 +296,7 @@ pub async fn search_post(
     .await?;
     let mut params = query_pairs(&req);
     params.extend(url::form_urlencoded::parse(&body).into_owned());
-    run_search(&state, &req, &res_type, params).await
+    run_search(&state, &req, &access, &res_type, params).await
 }
 
 /// Parses `_since`, `_count` and the paging position of a history request.
@@ -323,6 +341,7 @@ fn history_params(req: &HttpRequest) -> Result<(Option<i64>, usize, Option<i64>)
 async fn run_history(
     state: &AppState,
     req: &HttpRequest,
+    access: &Access,
     res_type: Option<&str>,
     id: Option<&str>,
 ) -> Result<HttpResponse> {
@@ -330,7 +349,7 @@ async fn run_history(
     let (since, count, before) = history_params(req)?;
     let (entries, total, more) = state
         .fhir
-        .history(res_type, id, since, before, count)
+        .history(access, res_type, id, since, before, count)
         .await?;
     let mut path = state.base_url.clone();
     if let Some(t) = res_type {
@@ -376,36 +395,43 @@ fn with_query(path: &str, params: &[(String, String)]) -> String {
 pub async fn history_instance(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let (t, id) = path.into_inner();
-    run_history(&state, &req, Some(&t), Some(&id)).await
+    run_history(&state, &req, &access, Some(&t), Some(&id)).await
 }
 
 /// history-type: `GET /fhir/{type}/_history`
 pub async fn history_type(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let t = path.into_inner();
-    run_history(&state, &req, Some(&t), None).await
+    run_history(&state, &req, &access, Some(&t), None).await
 }
 
 /// history-system: `GET /fhir/_history`
-pub async fn history_system(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
-    run_history(&state, &req, None, None).await
+pub async fn history_system(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    access: Access,
+) -> Result<HttpResponse> {
+    run_history(&state, &req, &access, None, None).await
 }
 
 /// batch/transaction: `POST /fhir` with a Bundle — https://hl7.org/fhir/R4/http.html#transaction
 pub async fn batch_or_transaction(
     state: web::Data<AppState>,
     req: HttpRequest,
+    access: Access,
     payload: web::Payload,
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let body = body_json(&state, &req, payload).await?;
-    let response = state.fhir.process_bundle(body).await?;
+    let response = state.fhir.process_bundle(&access, body).await?;
     Ok(json_response(&req, StatusCode::OK, &response))
 }
 

@@ -2,11 +2,13 @@
 //! composition of the application (`create_app`) used by `main` and by the tests alike.
 
 pub mod fhir;
+pub mod guard;
 pub mod health;
 pub mod response;
 
 use actix_web::{App, web};
 
+use crate::auth::tokens::Authenticator;
 use crate::config::Config;
 use crate::fhir::capability::CapabilityInput;
 use crate::service::FhirService;
@@ -20,6 +22,7 @@ pub struct AppState {
     pub store: Store,
     pub fhir: FhirService,
     pub capability: CapabilityInput,
+    pub auth: Authenticator,
 }
 
 /// Registers every route on `cfg`. Paths with a fixed segment come before the patterns they would otherwise match.

@@ -4,6 +4,7 @@
 pub mod capability;
 pub mod datetime;
 pub mod extract;
+pub mod labels;
 pub mod outcome;
 pub mod registry;
 pub mod search;

@@ -225,6 +225,10 @@ pub struct SearchQuery {
     pub elements: Option<Vec<String>>,
     /// Restricts results to one patient's compartment (compartment search, `$everything`, patient-context tokens).
     pub compartment: Option<String>,
+    /// Leaves out resources labelled as psychotherapy notes (tokens without that permission).
+    pub hide_psychotherapy: bool,
+    /// Alternative criteria sets of which at least one must hold (granular scopes such as `?category=…`).
+    pub any_of: Vec<Vec<Criterion>>,
     /// The recognised parameters, normalised, for the `self` and paging links.
     pub link_params: Vec<(String, String)>,
     /// Warnings about ignored parameters, reported in the Bundle in lenient mode.
@@ -525,6 +529,8 @@ pub fn parse(
         summary: Summary::False,
         elements: None,
         compartment: None,
+        hide_psychotherapy: false,
+        any_of: Vec::new(),
         link_params: Vec::new(),
         warnings: Vec::new(),
     };

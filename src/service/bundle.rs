@@ -153,7 +153,7 @@ pub fn history(
     base: &str,
     self_url: &str,
     entries: &[HistoryEntry],
-    total: i64,
+    total: Option<i64>,
     next_url: Option<String>,
 ) -> Value {
     let mut links = vec![link("self", self_url.to_owned())];
@@ -194,7 +194,9 @@ pub fn history(
     bundle.insert("resourceType".into(), json!("Bundle"));
     bundle.insert("id".into(), json!(uuid::Uuid::new_v4().to_string()));
     bundle.insert("type".into(), json!("history"));
-    bundle.insert("total".into(), json!(total));
+    if let Some(total) = total {
+        bundle.insert("total".into(), json!(total));
+    }
     bundle.insert("link".into(), Value::Array(links));
     if !items.is_empty() {
         bundle.insert("entry".into(), Value::Array(items));

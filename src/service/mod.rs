@@ -7,6 +7,8 @@ pub mod transaction;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::auth::access::{Access, Permit};
+use crate::auth::scopes::Op;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fhir::extract::{IndexEntry, IndexValue, extract};
 use crate::fhir::outcome::Issue;
@@ -182,17 +184,162 @@ impl FhirService {
             .map_err(|issues| Error::with_issues(ErrorKind::BadRequest, issues))
     }
 
+    /// Whether the token may see `r` under `permit`: its labels (psychotherapy notes), the patient compartment
+    /// and granular scope restrictions, all checked against the database inside `tx`.
+    pub(crate) async fn visible(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
+        r: &StoredResource,
+    ) -> Result<bool> {
+        if let Some(json) = r.json()
+            && !access.may_see_labels(&json)
+        {
+            return Ok(false);
+        }
+        if let Some(patient) = &permit.compartment
+            && self
+                .store
+                .filter_compartment(tx, vec![r.clone()], patient)
+                .await?
+                .is_empty()
+        {
+            return Ok(false);
+        }
+        if permit.queries.is_empty() {
+            return Ok(true);
+        }
+        for query in &permit.queries {
+            let mut params = query.clone();
+            params.push(("_id".into(), r.id.clone()));
+            let Ok(mut q) = search::parse(&r.res_type, &params, self.parse_options(false)) else {
+                continue;
+            };
+            q.count = 1;
+            q.total = TotalMode::None;
+            if !self.store.search(tx, &q).await?.matches.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Narrows a search to what the token may see, in SQL: compartment, granular restrictions, labels.
+    pub(crate) fn restrict(
+        &self,
+        q: &mut SearchQuery,
+        access: &Access,
+        permit: &Permit,
+    ) -> Result<()> {
+        if let Some(p) = &permit.compartment {
+            q.compartment = Some(p.clone());
+        }
+        q.hide_psychotherapy = !access.psychotherapy;
+        for query in &permit.queries {
+            let parsed = search::parse(&q.resource_type, query, self.parse_options(true)).map_err(
+                |issues| {
+                    Error::with_issues(ErrorKind::Forbidden, issues)
+                        .in_context("The token's granular scope cannot be applied")
+                },
+            )?;
+            q.any_of.push(parsed.criteria);
+        }
+        Ok(())
+    }
+
+    /// Keeps the included resources the token may read.
+    async fn filter_included(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        included: Vec<StoredResource>,
+    ) -> Result<Vec<StoredResource>> {
+        let mut kept = Vec::with_capacity(included.len());
+        for r in included {
+            let Ok(permit) = access.permit(&r.res_type, Op::Read) else {
+                continue;
+            };
+            if self.visible(tx, access, &permit, &r).await? {
+                kept.push(r);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// A resource the token may see with `op`, or 404 (other patients' resources are indistinguishable from
+    /// missing ones) / 410.
+    async fn visible_current(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
+        res_type: &str,
+        id: &str,
+        lock: bool,
+    ) -> Result<Option<StoredResource>> {
+        let current = if lock {
+            self.store.current_for_update(tx, res_type, id).await?
+        } else {
+            self.store.current(tx, res_type, id).await?
+        };
+        match current {
+            None => Ok(None),
+            Some(r) if r.deleted => Ok(Some(r)),
+            Some(r) => {
+                if self.visible(tx, access, permit, &r).await? {
+                    Ok(Some(r))
+                } else {
+                    Err(Error::not_found(format!("{res_type}/{id} is not known")))
+                }
+            }
+        }
+    }
+
+    /// After a write: the stored resource must still be one the token may see, or the write is refused (so a
+    /// patient-context token cannot write into another patient's record, nor a granular one outside its filter).
+    async fn check_written(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
+        r: &StoredResource,
+    ) -> Result<()> {
+        if self.visible(tx, access, permit, r).await? {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "The access token may not write this {} (outside its patient, scope or labels)",
+                    r.res_type
+                ),
+            ))
+        }
+    }
+
     /// read: https://hl7.org/fhir/R4/http.html#read
-    pub async fn read(&self, res_type: &str, id: &str) -> Result<StoredResource> {
+    pub async fn read(&self, access: &Access, res_type: &str, id: &str) -> Result<StoredResource> {
         require_supported(res_type)?;
+        let permit = access.permit(res_type, Op::Read)?;
         let mut tx = self.store.begin_read().await?;
-        let found = self.read_in(&mut tx, res_type, id).await;
+        let found = self.read_in(&mut tx, access, &permit, res_type, id).await;
         tx.rollback().await?;
         found
     }
 
-    pub async fn read_in(&self, tx: &mut Tx, res_type: &str, id: &str) -> Result<StoredResource> {
-        match self.store.current(tx, res_type, id).await? {
+    pub(crate) async fn read_in(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
+        res_type: &str,
+        id: &str,
+    ) -> Result<StoredResource> {
+        match self
+            .visible_current(tx, access, permit, res_type, id, false)
+            .await?
+        {
             None => Err(Error::not_found(format!("{res_type}/{id} is not known"))),
             Some(r) if r.deleted => Err(Error::gone(format!("{res_type}/{id} has been deleted"))),
             Some(r) => Ok(r),
@@ -200,24 +347,53 @@ impl FhirService {
     }
 
     /// vread: https://hl7.org/fhir/R4/http.html#vread
-    pub async fn vread(&self, res_type: &str, id: &str, version: &str) -> Result<StoredResource> {
+    pub async fn vread(
+        &self,
+        access: &Access,
+        res_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<StoredResource> {
         require_supported(res_type)?;
+        let permit = access.permit(res_type, Op::Read)?;
         let v: i64 = version.parse().map_err(|_| {
             Error::not_found(format!(
                 "Version '{version}' of {res_type}/{id} is not known"
             ))
         })?;
         let mut tx = self.store.begin_read().await?;
-        let found = self.store.version(&mut tx, res_type, id, v).await?;
+        let out = self
+            .vread_in(&mut tx, access, &permit, res_type, id, v)
+            .await;
         tx.rollback().await?;
-        match found {
+        out
+    }
+
+    pub(crate) async fn vread_in(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
+        res_type: &str,
+        id: &str,
+        v: i64,
+    ) -> Result<StoredResource> {
+        // Compartment and granular restrictions follow the resource as it is now.
+        self.visible_current(tx, access, permit, res_type, id, false)
+            .await?;
+        match self.store.version(tx, res_type, id, v).await? {
             None => Err(Error::not_found(format!(
                 "Version {v} of {res_type}/{id} is not known"
             ))),
             Some(h) if h.resource.deleted => Err(Error::gone(format!(
                 "Version {v} of {res_type}/{id} is a deletion"
             ))),
-            Some(h) => Ok(h.resource),
+            Some(h) => match h.resource.json() {
+                Some(json) if !access.may_see_labels(&json) => {
+                    Err(Error::not_found(format!("{res_type}/{id} is not known")))
+                }
+                _ => Ok(h.resource),
+            },
         }
     }
 
@@ -227,17 +403,20 @@ impl FhirService {
     /// identical requests cannot both insert: the loser rolls back, looks again and finds the winner's resource.
     pub async fn create(
         &self,
+        access: &Access,
         res_type: &str,
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
+        access.permit(res_type, Op::Create)?;
         let index = self.prepare(res_type, &resource)?;
         for _attempt in 0..5 {
             let mut tx = self.store.begin_write().await?;
             match self
                 .create_in(
                     &mut tx,
+                    access,
                     res_type,
                     resource.clone(),
                     &index,
@@ -266,19 +445,27 @@ impl FhirService {
     }
 
     /// The create step inside a caller's transaction. `id` is pre-assigned for transaction entries.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the create step shared by POST and Bundles"
+    )]
     pub(crate) async fn create_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         res_type: &str,
         resource: Value,
         index: &[IndexEntry],
         if_none_exist: Option<&str>,
         id: Option<String>,
     ) -> std::result::Result<WriteOutcome, CreateError> {
+        let permit = access.permit(res_type, Op::Create)?;
         let mut key = None;
         if let Some(criteria) = if_none_exist {
             let params = parse_query_string(criteria);
-            let matches = self.match_conditional(tx, res_type, &params).await?;
+            let matches = self
+                .match_conditional(tx, access, &permit, res_type, &params)
+                .await?;
             match matches.len() {
                 0 => key = Some(criteria_hash(&params)),
                 1 => {
@@ -300,6 +487,7 @@ impl FhirService {
             .store
             .insert(tx, res_type, &id, resource, index, Method::Post)
             .await?;
+        self.check_written(tx, access, &permit, &stored).await?;
         if let Some(hash) = key
             && !self
                 .store
@@ -314,11 +502,13 @@ impl FhirService {
         })
     }
 
-    /// Runs conditional criteria as a search inside `tx`; criteria with no recognised parameter are an error
-    /// (they would otherwise match everything).
+    /// Runs conditional criteria as a search inside `tx`, limited to what the token may see; criteria with no
+    /// recognised parameter are an error (they would otherwise match everything).
     pub(crate) async fn match_conditional(
         &self,
         tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
         res_type: &str,
         params: &[(String, String)],
     ) -> Result<Vec<StoredResource>> {
@@ -329,6 +519,7 @@ impl FhirService {
                 "Conditional criteria for {res_type} must contain at least one search parameter"
             )));
         }
+        self.restrict(&mut q, access, permit)?;
         q.count = 2;
         q.total = TotalMode::None;
         q.include.clear();
@@ -339,12 +530,14 @@ impl FhirService {
     /// update (PUT), including update-as-create with a client-chosen id: https://hl7.org/fhir/R4/http.html#update
     pub async fn update(
         &self,
+        access: &Access,
         res_type: &str,
         id: &str,
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
+        access.permit(res_type, Op::Update)?;
         check_id(id)?;
         let index = self.prepare(res_type, &resource)?;
         check_body_id(&resource, id)?;
@@ -352,6 +545,7 @@ impl FhirService {
         let out = self
             .update_in(
                 &mut tx,
+                access,
                 res_type,
                 id,
                 resource,
@@ -370,6 +564,7 @@ impl FhirService {
     pub(crate) async fn update_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         res_type: &str,
         id: &str,
         resource: Value,
@@ -377,7 +572,10 @@ impl FhirService {
         if_match: Option<i64>,
         method: Method,
     ) -> Result<WriteOutcome> {
-        let current = self.store.current_for_update(tx, res_type, id).await?;
+        let permit = access.permit(res_type, Op::Update)?;
+        let current = self
+            .visible_current(tx, access, &permit, res_type, id, true)
+            .await?;
         if let Some(expected) = if_match {
             let actual = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
             if actual != Some(expected) {
@@ -391,16 +589,19 @@ impl FhirService {
                 }));
             }
         }
-        match current {
+        let outcome = match current {
             None => {
+                // Update-as-create needs the right to create.
+                let create = access.permit(res_type, Op::Create)?;
                 let stored = self
                     .store
                     .insert(tx, res_type, id, resource, index, method)
                     .await?;
-                Ok(WriteOutcome {
+                self.check_written(tx, access, &create, &stored).await?;
+                WriteOutcome {
                     resource: stored,
                     created: true,
-                })
+                }
             }
             Some(cur) => {
                 // An update that changes nothing creates no new version.
@@ -420,17 +621,20 @@ impl FhirService {
                 }
                 let created = cur.deleted;
                 let stored = self.store.update(tx, &cur, resource, index, method).await?;
-                Ok(WriteOutcome {
+                self.check_written(tx, access, &permit, &stored).await?;
+                WriteOutcome {
                     resource: stored,
                     created,
-                })
+                }
             }
-        }
+        };
+        Ok(outcome)
     }
 
     /// Conditional update: https://hl7.org/fhir/R4/http.html#cond-update
     pub async fn conditional_update(
         &self,
+        access: &Access,
         res_type: &str,
         params: &[(String, String)],
         resource: Value,
@@ -440,21 +644,31 @@ impl FhirService {
         let index = self.prepare(res_type, &resource)?;
         let mut tx = self.store.begin_write().await?;
         let out = self
-            .conditional_update_in(&mut tx, res_type, params, resource, &index, if_match)
+            .conditional_update_in(
+                &mut tx, access, res_type, params, resource, &index, if_match,
+            )
             .await;
         finish(tx, out).await
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "mirrors update_in with criteria instead of an id"
+    )]
     pub(crate) async fn conditional_update_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         res_type: &str,
         params: &[(String, String)],
         resource: Value,
         index: &[IndexEntry],
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
-        let matches = self.match_conditional(tx, res_type, params).await?;
+        let permit = access.permit(res_type, Op::Update)?;
+        let matches = self
+            .match_conditional(tx, access, &permit, res_type, params)
+            .await?;
         let body_id = resource
             .get("id")
             .and_then(Value::as_str)
@@ -468,8 +682,17 @@ impl FhirService {
                     }
                     None => uuid::Uuid::new_v4().to_string(),
                 };
-                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put)
-                    .await
+                self.update_in(
+                    tx,
+                    access,
+                    res_type,
+                    &id,
+                    resource,
+                    index,
+                    if_match,
+                    Method::Put,
+                )
+                .await
             }
             [one] => {
                 if let Some(bid) = &body_id
@@ -481,8 +704,17 @@ impl FhirService {
                     )));
                 }
                 let id = one.id.clone();
-                self.update_in(tx, res_type, &id, resource, index, if_match, Method::Put)
-                    .await
+                self.update_in(
+                    tx,
+                    access,
+                    res_type,
+                    &id,
+                    resource,
+                    index,
+                    if_match,
+                    Method::Put,
+                )
+                .await
             }
             _ => Err(Error::precondition_failed(format!(
                 "The conditional update criteria matched several {res_type} resources"
@@ -493,24 +725,33 @@ impl FhirService {
     /// delete: https://hl7.org/fhir/R4/http.html#delete. Deleting what is already deleted succeeds (idempotent).
     pub async fn delete(
         &self,
+        access: &Access,
         res_type: &str,
         id: &str,
         if_match: Option<i64>,
     ) -> Result<Option<StoredResource>> {
         require_supported(res_type)?;
+        access.permit(res_type, Op::Delete)?;
         let mut tx = self.store.begin_write().await?;
-        let out = self.delete_in(&mut tx, res_type, id, if_match).await;
+        let out = self
+            .delete_in(&mut tx, access, res_type, id, if_match)
+            .await;
         finish(tx, out).await
     }
 
     pub(crate) async fn delete_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         res_type: &str,
         id: &str,
         if_match: Option<i64>,
     ) -> Result<Option<StoredResource>> {
-        match self.store.current_for_update(tx, res_type, id).await? {
+        let permit = access.permit(res_type, Op::Delete)?;
+        match self
+            .visible_current(tx, access, &permit, res_type, id, true)
+            .await?
+        {
             None => Err(Error::not_found(format!("{res_type}/{id} is not known"))),
             Some(cur) if cur.deleted => Ok(None),
             Some(cur) => {
@@ -530,22 +771,29 @@ impl FhirService {
     /// Conditional delete (single match; several → 412): https://hl7.org/fhir/R4/http.html#cdelete
     pub async fn conditional_delete(
         &self,
+        access: &Access,
         res_type: &str,
         params: &[(String, String)],
     ) -> Result<Option<StoredResource>> {
         require_supported(res_type)?;
         let mut tx = self.store.begin_write().await?;
-        let out = self.conditional_delete_in(&mut tx, res_type, params).await;
+        let out = self
+            .conditional_delete_in(&mut tx, access, res_type, params)
+            .await;
         finish(tx, out).await
     }
 
     pub(crate) async fn conditional_delete_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         res_type: &str,
         params: &[(String, String)],
     ) -> Result<Option<StoredResource>> {
-        let matches = self.match_conditional(tx, res_type, params).await?;
+        let permit = access.permit(res_type, Op::Delete)?;
+        let matches = self
+            .match_conditional(tx, access, &permit, res_type, params)
+            .await?;
         match matches.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(self.store.delete(tx, one).await?)),
@@ -558,26 +806,35 @@ impl FhirService {
     /// patch with JSON Patch (RFC 6902): https://hl7.org/fhir/R4/http.html#patch
     pub async fn patch(
         &self,
+        access: &Access,
         res_type: &str,
         id: &str,
         patch: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
         require_supported(res_type)?;
+        access.permit(res_type, Op::Update)?;
         let mut tx = self.store.begin_write().await?;
-        let out = self.patch_in(&mut tx, res_type, id, patch, if_match).await;
+        let out = self
+            .patch_in(&mut tx, access, res_type, id, patch, if_match)
+            .await;
         finish(tx, out).await
     }
 
     pub(crate) async fn patch_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         res_type: &str,
         id: &str,
         patch: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome> {
-        let current = match self.store.current_for_update(tx, res_type, id).await? {
+        let permit = access.permit(res_type, Op::Update)?;
+        let current = match self
+            .visible_current(tx, access, &permit, res_type, id, true)
+            .await?
+        {
             None => return Err(Error::not_found(format!("{res_type}/{id} is not known"))),
             Some(r) if r.deleted => {
                 return Err(Error::gone(format!("{res_type}/{id} has been deleted")));
@@ -621,50 +878,144 @@ impl FhirService {
         let index = self
             .prepare(res_type, &doc)
             .map_err(|e| Error::with_issues(ErrorKind::Unprocessable, e.issues))?;
-        self.update_in(tx, res_type, id, doc, &index, None, Method::Patch)
+        self.update_in(tx, access, res_type, id, doc, &index, None, Method::Patch)
             .await
     }
 
-    /// search: https://hl7.org/fhir/R4/http.html#search
-    pub async fn search(&self, q: &SearchQuery) -> Result<SearchPage> {
+    /// search: https://hl7.org/fhir/R4/http.html#search — narrowed in SQL to what the token may see.
+    pub async fn search(&self, access: &Access, q: &SearchQuery) -> Result<SearchPage> {
         let mut tx = self.store.begin_read().await?;
-        let page = self.store.search(&mut tx, q).await;
+        let page = self.search_in(&mut tx, access, q).await;
         tx.rollback().await?;
         page
     }
 
-    /// history (instance, type or system): https://hl7.org/fhir/R4/http.html#history
+    pub(crate) async fn search_in(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        q: &SearchQuery,
+    ) -> Result<SearchPage> {
+        let permit = access.permit(&q.resource_type, Op::Search)?;
+        let mut q = q.clone();
+        self.restrict(&mut q, access, &permit)?;
+        let mut page = self.store.search(tx, &q).await?;
+        page.includes = self
+            .filter_included(tx, access, std::mem::take(&mut page.includes))
+            .await?;
+        Ok(page)
+    }
+
+    /// history (instance, type or system): https://hl7.org/fhir/R4/http.html#history. Entries the token may not
+    /// see are left out; `total` is then left out too, as it would count them.
     pub async fn history(
         &self,
+        access: &Access,
         res_type: Option<&str>,
         id: Option<&str>,
         since: Option<i64>,
         before: Option<i64>,
         count: usize,
-    ) -> Result<(Vec<HistoryEntry>, i64, bool)> {
+    ) -> Result<(Vec<HistoryEntry>, Option<i64>, bool)> {
         if let Some(t) = res_type {
             require_supported(t)?;
+            access.permit(t, Op::Read)?;
         }
         let mut tx = self.store.begin_read().await?;
-        if let (Some(t), Some(i)) = (res_type, id)
-            && self.store.current(&mut tx, t, i).await?.is_none()
-        {
-            tx.rollback().await?;
-            return Err(Error::not_found(format!("{t}/{i} is not known")));
+        let out = self
+            .history_in(&mut tx, access, res_type, id, since, before, count)
+            .await;
+        tx.rollback().await?;
+        out
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the three history levels share one implementation"
+    )]
+    async fn history_in(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        res_type: Option<&str>,
+        id: Option<&str>,
+        since: Option<i64>,
+        before: Option<i64>,
+        count: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<i64>, bool)> {
+        if let (Some(t), Some(i)) = (res_type, id) {
+            let permit = access.permit(t, Op::Read)?;
+            if self
+                .visible_current(tx, access, &permit, t, i, false)
+                .await?
+                .is_none()
+            {
+                return Err(Error::not_found(format!("{t}/{i} is not known")));
+            }
         }
         let mut entries = self
             .store
-            .history(&mut tx, res_type, id, since, before, count + 1)
+            .history(tx, res_type, id, since, before, count + 1)
             .await?;
-        let total = self
-            .store
-            .history_count(&mut tx, res_type, id, since)
-            .await?;
-        tx.rollback().await?;
         let more = entries.len() > count;
         entries.truncate(count);
-        Ok((entries, total, more))
+        let fetched = entries.len();
+        let mut kept = Vec::with_capacity(fetched);
+        for e in entries {
+            if self.history_entry_visible(tx, access, &e).await? {
+                kept.push(e);
+            }
+        }
+        let total = if kept.len() == fetched && !more && before.is_none() {
+            Some(kept.len() as i64)
+        } else if kept.len() == fetched && access_is_unrestricted(access) {
+            Some(self.store.history_count(tx, res_type, id, since).await?)
+        } else {
+            None
+        };
+        Ok((kept, total, more))
     }
+
+    async fn history_entry_visible(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        e: &HistoryEntry,
+    ) -> Result<bool> {
+        let r = &e.resource;
+        let Ok(permit) = access.permit(&r.res_type, Op::Read) else {
+            return Ok(false);
+        };
+        if let Some(json) = r.json()
+            && !access.may_see_labels(&json)
+        {
+            return Ok(false);
+        }
+        if permit.compartment.is_none() && permit.queries.is_empty() {
+            return Ok(true);
+        }
+        // Compartment and granular restrictions follow the resource as it is now.
+        match self.store.current(tx, &r.res_type, &r.id).await? {
+            Some(cur) if !cur.deleted => {
+                let label_free = StoredResource {
+                    content: None,
+                    ..cur
+                };
+                self.visible(tx, access, &permit, &label_free).await
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// True when the token sees everything it can name (no patient restriction, no granular filters, notes allowed).
+fn access_is_unrestricted(access: &Access) -> bool {
+    access.psychotherapy
+        && access.patient.is_none()
+        && access
+            .scopes
+            .resource_scopes()
+            .all(|s| s.query.is_empty() && s.context != crate::auth::scopes::ScopeContext::Patient)
 }
 
 /// Why a create step did not complete.

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use super::{CreateError, FhirService, WriteOutcome, parse_etag, parse_query_string};
+use crate::auth::access::Access;
+use crate::auth::scopes::Op;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fhir::outcome::Issue;
 use crate::fhir::registry;
@@ -200,7 +202,7 @@ fn order_rank(method: &str) -> u8 {
 
 impl FhirService {
     /// Processes a `batch` or `transaction` Bundle and returns the response Bundle.
-    pub async fn process_bundle(&self, bundle_json: Value) -> Result<Value> {
+    pub async fn process_bundle(&self, access: &Access, bundle_json: Value) -> Result<Value> {
         if bundle_json.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(Error::invalid_at(
                 "invalid",
@@ -215,8 +217,8 @@ impl FhirService {
             .to_owned();
         let entries = parse_entries(&bundle_json, &self.base_url)?;
         match kind.as_str() {
-            "transaction" => self.transaction(entries).await,
-            "batch" => self.batch(entries).await,
+            "transaction" => self.transaction(access, entries).await,
+            "batch" => self.batch(access, entries).await,
             other => Err(Error::invalid_at(
                 "invalid",
                 format!("Bundle.type must be batch or transaction, not '{other}'"),
@@ -225,12 +227,12 @@ impl FhirService {
         }
     }
 
-    async fn batch(&self, entries: Vec<EntryRequest>) -> Result<Value> {
+    async fn batch(&self, access: &Access, entries: Vec<EntryRequest>) -> Result<Value> {
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.index;
             let mut tx = self.store.begin_write().await?;
-            let result = self.execute_entry(&mut tx, entry, &HashMap::new()).await;
+            let result = self.execute_entry(&mut tx, access, entry).await;
             match result {
                 Ok(resp) => {
                     tx.commit().await?;
@@ -253,7 +255,7 @@ impl FhirService {
         Ok(bundle::response_bundle("batch-response", responses))
     }
 
-    async fn transaction(&self, mut entries: Vec<EntryRequest>) -> Result<Value> {
+    async fn transaction(&self, access: &Access, mut entries: Vec<EntryRequest>) -> Result<Value> {
         // The same resource may not be the target of two entries.
         let mut targets = HashSet::new();
         for e in &entries {
@@ -287,7 +289,7 @@ impl FhirService {
         }
 
         let mut tx = self.store.begin_write().await?;
-        let result = self.transaction_in(&mut tx, &mut entries).await;
+        let result = self.transaction_in(&mut tx, access, &mut entries).await;
         match result {
             Ok(responses) => {
                 tx.commit().await?;
@@ -303,6 +305,7 @@ impl FhirService {
     async fn transaction_in(
         &self,
         tx: &mut Tx,
+        access: &Access,
         entries: &mut [EntryRequest],
     ) -> Result<Vec<Value>> {
         // 1. Assign ids and resolve conditional creates/updates, so references can be rewritten before any write.
@@ -314,8 +317,11 @@ impl FhirService {
                 "POST" => {
                     let id = if let Some(criteria) = &e.if_none_exist {
                         let params = parse_query_string(criteria);
+                        let permit = access
+                            .permit(&e.res_type, Op::Create)
+                            .map_err(|err| err.in_context(&ctx))?;
                         let found = self
-                            .match_conditional(tx, &e.res_type, &params)
+                            .match_conditional(tx, access, &permit, &e.res_type, &params)
                             .await
                             .map_err(|err| err.in_context(&ctx))?;
                         match found.as_slice() {
@@ -338,8 +344,11 @@ impl FhirService {
                 }
                 "PUT" if e.id.is_none() => {
                     let params = e.query.clone().unwrap_or_default();
+                    let permit = access
+                        .permit(&e.res_type, Op::Update)
+                        .map_err(|err| err.in_context(&ctx))?;
                     let found = self
-                        .match_conditional(tx, &e.res_type, &params)
+                        .match_conditional(tx, access, &permit, &e.res_type, &params)
                         .await
                         .map_err(|err| err.in_context(&ctx))?;
                     let id = match found.as_slice() {
@@ -378,8 +387,9 @@ impl FhirService {
             let Some((t, q)) = reference.split_once('?') else {
                 continue;
             };
+            let permit = access.permit(t, Op::Search)?;
             let found = self
-                .match_conditional(tx, t, &parse_query_string(q))
+                .match_conditional(tx, access, &permit, t, &parse_query_string(q))
                 .await
                 .map_err(|err| err.in_context(&format!("conditional reference '{reference}'")))?;
             match found.as_slice() {
@@ -419,8 +429,11 @@ impl FhirService {
             let ctx = entry_path(e.index);
             let resp = if existing.contains(&e.index) {
                 let id = e.id.clone().unwrap_or_default();
+                let permit = access
+                    .permit(&e.res_type, Op::Read)
+                    .map_err(|err| err.in_context(&ctx))?;
                 let r = self
-                    .read_in(tx, &e.res_type, &id)
+                    .read_in(tx, access, &permit, &e.res_type, &id)
                     .await
                     .map_err(|err| err.in_context(&ctx))?;
                 bundle::write_response_entry(
@@ -432,7 +445,7 @@ impl FhirService {
                     true,
                 )
             } else {
-                self.execute_entry(tx, e, &map)
+                self.execute_entry(tx, access, e)
                     .await
                     .map_err(|err| err.in_context(&ctx))?
             };
@@ -442,12 +455,7 @@ impl FhirService {
     }
 
     /// Executes one entry inside `tx` and returns its response entry.
-    async fn execute_entry(
-        &self,
-        tx: &mut Tx,
-        e: EntryRequest,
-        _map: &HashMap<String, String>,
-    ) -> Result<Value> {
+    async fn execute_entry(&self, tx: &mut Tx, access: &Access, e: EntryRequest) -> Result<Value> {
         if !registry::is_supported_type(&e.res_type) {
             return Err(Error::not_found(format!(
                 "Resource type '{}' is not supported",
@@ -461,6 +469,7 @@ impl FhirService {
                 let outcome = match self
                     .create_in(
                         tx,
+                        access,
                         &e.res_type,
                         resource,
                         &index,
@@ -488,6 +497,7 @@ impl FhirService {
                 let outcome = self
                     .update_in(
                         tx,
+                        access,
                         &e.res_type,
                         &id,
                         resource,
@@ -523,17 +533,23 @@ impl FhirService {
                     None => Value::Null,
                 };
                 let outcome = self
-                    .patch_in(tx, &e.res_type, &id, patch, e.if_match)
+                    .patch_in(tx, access, &e.res_type, &id, patch, e.if_match)
                     .await?;
                 Ok(bundle::write_response_entry(&self.base_url, &outcome, true))
             }
             "DELETE" => {
                 let deleted = match (&e.id, &e.query) {
-                    (Some(id), _) => match self.delete_in(tx, &e.res_type, id, e.if_match).await {
+                    (Some(id), _) => match self
+                        .delete_in(tx, access, &e.res_type, id, e.if_match)
+                        .await
+                    {
                         Err(err) if err.kind == ErrorKind::NotFound => None,
                         other => other?,
                     },
-                    (None, Some(q)) => self.conditional_delete_in(tx, &e.res_type, q).await?,
+                    (None, Some(q)) => {
+                        self.conditional_delete_in(tx, access, &e.res_type, q)
+                            .await?
+                    }
                     (None, None) => {
                         return Err(Error::bad_request(
                             "DELETE needs Type/id or search criteria",
@@ -553,26 +569,21 @@ impl FhirService {
                         let v: i64 = v
                             .parse()
                             .map_err(|_| Error::not_found(format!("Version '{v}' is not known")))?;
-                        let h = self
-                            .store
-                            .version(tx, &e.res_type, id, v)
-                            .await?
-                            .ok_or_else(|| {
-                                Error::not_found(format!(
-                                    "{}/{id}/_history/{v} is not known",
-                                    e.res_type
-                                ))
-                            })?;
-                        Ok(bundle::read_response_entry(&self.base_url, &h.resource))
+                        let permit = access.permit(&e.res_type, Op::Read)?;
+                        let r = self
+                            .vread_in(tx, access, &permit, &e.res_type, id, v)
+                            .await?;
+                        Ok(bundle::read_response_entry(&self.base_url, &r))
                     }
                     (Some(id), None) => {
-                        let r = self.read_in(tx, &e.res_type, id).await?;
+                        let permit = access.permit(&e.res_type, Op::Read)?;
+                        let r = self.read_in(tx, access, &permit, &e.res_type, id).await?;
                         Ok(bundle::read_response_entry(&self.base_url, &r))
                     }
                     (None, _) => {
                         let params = e.query.clone().unwrap_or_default();
                         let q = self.parse_search(&e.res_type, &params, false)?;
-                        let page = self.store.search(tx, &q).await?;
+                        let page = self.search_in(tx, access, &q).await?;
                         let set = bundle::searchset(&self.base_url, &q, &page);
                         Ok(json!({ "resource": set, "response": { "status": "200 OK" } }))
                     }

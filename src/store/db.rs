@@ -38,16 +38,30 @@ pub enum Db {
 
 /// Migrations, embedded so that the binary needs nothing beside it. Versions are identical in both folders
 /// (a test checks that every file in `migrations/` is listed here).
-pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "resource store",
-    include_str!("../../migrations/sqlite/0001_resource_store.sql"),
-)];
-pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "resource store",
-    include_str!("../../migrations/postgres/0001_resource_store.sql"),
-)];
+pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "resource store",
+        include_str!("../../migrations/sqlite/0001_resource_store.sql"),
+    ),
+    (
+        2,
+        "authorization server",
+        include_str!("../../migrations/sqlite/0002_auth.sql"),
+    ),
+];
+pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "resource store",
+        include_str!("../../migrations/postgres/0001_resource_store.sql"),
+    ),
+    (
+        2,
+        "authorization server",
+        include_str!("../../migrations/postgres/0002_auth.sql"),
+    ),
+];
 
 fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(

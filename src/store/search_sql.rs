@@ -1,4 +1,5 @@
-//! Runs parsed searches as SQL over the index tables: criteria as EXISTS sub-queries, keyset (cursor) paging over
+//! Runs parsed searches as SQL over the index tables: criteria as `pk IN (…)` sub-queries that both planners drive from the
+//! (type, parameter, value) indexes, keyset (cursor) paging over
 //! the sort keys — never OFFSET — and `_include`/`_revinclude` (https://hl7.org/fhir/R4/search.html).
 
 use crate::error::Result;
@@ -238,26 +239,33 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
     }
 }
 
-/// The SQL condition for one criterion on the resource aliased `alias`.
-fn criterion_condition(sql: &mut Sql, resource_type: &str, criterion: &Criterion, alias: &str) {
+/// The SQL condition for one criterion on the resource aliased `alias`, whose type is `resource_type` when known
+/// (a chain with several target types leaves it open).
+fn criterion_condition(
+    sql: &mut Sql,
+    resource_type: Option<&str>,
+    criterion: &Criterion,
+    alias: &str,
+) {
+    // Restricting the index rows by type lets both databases use the (res_type, param, value) indexes.
+    let type_filter = |sql: &mut Sql, col: &str| {
+        if let Some(t) = resource_type {
+            sql.push(&format!(" AND {col} = ")).bind(t);
+        }
+    };
     if let Some(chain) = &criterion.chain {
         sql.push(&format!(
-            "EXISTS (SELECT 1 FROM idx_reference cx JOIN resources ct ON ct.res_type = cx.target_type AND ct.id = cx.target_id AND ct.deleted = 0 WHERE cx.res_pk = {alias}.pk AND cx.param = "
+            "{alias}.pk IN (SELECT cx.res_pk FROM idx_reference cx JOIN resources ct ON ct.res_type = cx.target_type AND ct.id = cx.target_id AND ct.deleted = 0 WHERE cx.param = "
         ));
-        sql.bind(chain.reference.name)
-            .push(" AND cx.target_type IN (");
-        for (i, t) in chain.target_types.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(t.as_str());
-        }
-        sql.push(") AND ");
-        let inner_type = chain
-            .target_types
-            .first()
-            .map(String::as_str)
-            .unwrap_or(resource_type);
+        sql.bind(chain.reference.name);
+        type_filter(sql, "cx.res_type");
+        sql.push(" AND cx.target_type IN (")
+            .bind_list(&chain.target_types)
+            .push(") AND ");
+        let inner_type = match chain.target_types.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
         criterion_condition(sql, inner_type, &chain.inner, "ct");
         sql.push(")");
         return;
@@ -300,29 +308,27 @@ fn criterion_condition(sql: &mut Sql, resource_type: &str, criterion: &Criterion
         }
         Target::Param(def) => {
             let table = index_table(def.kind);
-            let exists = |sql: &mut Sql| {
+            let subquery = |sql: &mut Sql, negate: bool| {
+                let op = if negate { "NOT IN" } else { "IN" };
                 sql.push(&format!(
-                    "EXISTS (SELECT 1 FROM {table} x WHERE x.res_pk = {alias}.pk AND x.param = "
+                    "{alias}.pk {op} (SELECT x.res_pk FROM {table} x WHERE x.param = "
                 ));
                 sql.bind(def.name);
+                type_filter(sql, "x.res_type");
             };
             match criterion.modifier {
                 Modifier::Missing(missing) => {
-                    if missing {
-                        sql.push("NOT ");
-                    }
-                    exists(sql);
+                    subquery(sql, missing);
                     sql.push(")");
                 }
                 Modifier::Not => {
-                    sql.push("NOT ");
-                    exists(sql);
+                    subquery(sql, true);
                     sql.push(" AND (");
                     or_values(sql, criterion);
                     sql.push("))");
                 }
                 _ => {
-                    exists(sql);
+                    subquery(sql, false);
                     sql.push(" AND (");
                     or_values(sql, criterion);
                     sql.push("))");
@@ -348,7 +354,31 @@ fn where_clause(q: &SearchQuery) -> Sql {
         .push(" AND r.deleted = 0");
     for c in &q.criteria {
         sql.push(" AND ");
-        criterion_condition(&mut sql, &q.resource_type, c, "r");
+        criterion_condition(&mut sql, Some(&q.resource_type), c, "r");
+    }
+    if !q.any_of.is_empty() {
+        sql.push(" AND (");
+        for (i, set) in q.any_of.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(1 = 1");
+            for c in set {
+                sql.push(" AND ");
+                criterion_condition(&mut sql, Some(&q.resource_type), c, "r");
+            }
+            sql.push(")");
+        }
+        sql.push(")");
+    }
+    if q.hide_psychotherapy {
+        sql.push(" AND r.pk NOT IN (SELECT x.res_pk FROM idx_token x WHERE x.res_type = ")
+            .bind(q.resource_type.as_str())
+            .push(" AND x.param = '_security' AND x.system = ")
+            .bind(crate::fhir::labels::PSY_SYSTEM)
+            .push(" AND x.code = ")
+            .bind(crate::fhir::labels::PSY_CODE)
+            .push(")");
     }
     if let Some(patient_id) = &q.compartment {
         sql.push(" AND ");
@@ -372,9 +402,12 @@ pub fn compartment_condition(sql: &mut Sql, resource_type: &str, patient_id: &st
         return;
     }
     sql.push(&format!(
-        "EXISTS (SELECT 1 FROM idx_reference px WHERE px.res_pk = {alias}.pk AND px.target_type = 'Patient' AND px.target_id = "
+        "{alias}.pk IN (SELECT px.res_pk FROM idx_reference px WHERE px.target_type = 'Patient' AND px.target_id = "
     ));
-    sql.bind(patient_id).push(" AND px.param IN (");
+    sql.bind(patient_id)
+        .push(" AND px.res_type = ")
+        .bind(resource_type)
+        .push(" AND px.param IN (");
     for (i, p) in params.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
@@ -629,7 +662,9 @@ impl Store {
                 .join(", ")
         ));
         sql.bind(inc.source_type.as_str())
-            .push(" AND r.deleted = 0 AND EXISTS (SELECT 1 FROM idx_reference x WHERE x.res_pk = r.pk AND x.param = ")
+            .push(" AND r.deleted = 0 AND r.pk IN (SELECT x.res_pk FROM idx_reference x WHERE x.res_type = ")
+            .bind(inc.source_type.as_str())
+            .push(" AND x.param = ")
             .bind(inc.param.name)
             .push(" AND (");
         for (i, target) in from.iter().enumerate() {

@@ -8,6 +8,10 @@ use serde_json::Value;
 
 pub struct TestApp {
     pub address: String,
+    /// The authenticator of the running gateway, to mint tokens with chosen scopes.
+    pub auth: kap_gateway::auth::tokens::Authenticator,
+    /// A client that sends no token.
+    pub anonymous: reqwest::Client,
     pub base: String,
     pub client: reqwest::Client,
     pub database_url: String,
@@ -60,14 +64,57 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let app = Application::build(config).await.expect("build application");
     let port = app.port();
     let base = app.state.base_url.clone();
+    let auth = app.state.auth.clone();
     tokio::spawn(app.run_until_stopped());
+    // The default client acts as a backend service with full access, notes included.
+    let token = mint(
+        &auth,
+        "system/*.cruds system/AuditEvent.rs kap/psychotherapy-notes.read",
+        None,
+    )
+    .await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         base,
-        client: reqwest::Client::new(),
+        auth,
+        anonymous: reqwest::Client::new(),
+        client: client_with_token(&token),
         database_url,
         _dir: dir,
     }
+}
+
+/// Issues an access token of the running gateway.
+pub async fn mint(
+    auth: &kap_gateway::auth::tokens::Authenticator,
+    scope: &str,
+    patient: Option<&str>,
+) -> String {
+    let grant = kap_gateway::auth::tokens::TokenGrant {
+        client_id: "test-client".into(),
+        subject: "test-user".into(),
+        scope: scope.into(),
+        patient: patient.map(str::to_owned),
+        lifetime_secs: 600,
+        ..Default::default()
+    };
+    auth.issue_access_token(&grant)
+        .await
+        .expect("issue token")
+        .0
+}
+
+/// A client that sends `token` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 pub struct Resp {
@@ -141,6 +188,16 @@ pub async fn into_resp(r: reqwest::Response) -> Resp {
 }
 
 impl TestApp {
+    /// A client whose token carries `scope` (and `patient` context).
+    pub async fn client_for(&self, scope: &str, patient: Option<&str>) -> reqwest::Client {
+        client_with_token(&mint(&self.auth, scope, patient).await)
+    }
+
+    /// GET with a given client.
+    pub async fn get_with(&self, client: &reqwest::Client, path: &str) -> Resp {
+        into_resp(client.get(self.url(path)).send().await.expect("request")).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

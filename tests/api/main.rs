@@ -7,4 +7,6 @@ mod errors;
 mod fhir_search;
 mod fhir_write;
 mod r4_examples;
+mod smart_enforcement;
+mod smart_external;
 mod transaction;

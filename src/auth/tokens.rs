@@ -1,0 +1,400 @@
+//! Access tokens: issuing the gateway's own JWTs (recorded so they can be introspected and revoked) and
+//! authenticating the bearer token of every request — the gateway's own or, when configured, an external
+//! issuer's (https://hl7.org/fhir/smart-app-launch/STU2.2/app-launch.html#response-5,
+//! https://www.rfc-editor.org/rfc/rfc6750).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::RwLock;
+
+use super::access::{Access, PSYCHOTHERAPY_SCOPE};
+use super::keys::{KeyError, KeyRing, split_token, verify_with_jwks};
+use super::scopes::ScopeSet;
+use crate::error::{Error, ErrorKind};
+use crate::fhir::datetime::now_micros;
+use crate::fhir::outcome::Issue;
+use crate::store::db::{Col, Db, Sql};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: i64 = 30;
+
+/// What a new access token is for.
+#[derive(Debug, Clone, Default)]
+pub struct TokenGrant {
+    pub client_id: String,
+    /// The user (for user launches) or the client id (backend services).
+    pub subject: String,
+    pub scope: String,
+    pub patient: Option<String>,
+    pub encounter: Option<String>,
+    pub fhir_user: Option<String>,
+    /// Role of the signed-in user, if any (`admin` unlocks administrative reads).
+    pub role: Option<String>,
+    /// Refresh/code family the token belongs to, so a reused code or refresh token can revoke it.
+    pub family: Option<String>,
+    pub lifetime_secs: i64,
+}
+
+/// An external authorization server whose tokens are trusted.
+#[derive(Debug, Clone)]
+pub struct ExternalIssuer {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: String,
+    /// Claim holding the space-separated scopes (`scope` unless configured).
+    pub scope_claim: String,
+}
+
+#[derive(Debug, Default)]
+struct JwksCache {
+    jwks: Option<Value>,
+    fetched: Option<Instant>,
+    max_age: Duration,
+}
+
+/// Verifies bearer tokens and issues the gateway's own.
+#[derive(Clone)]
+pub struct Authenticator {
+    pub keys: KeyRing,
+    pub issuer: String,
+    pub audience: String,
+    db: Db,
+    external: Option<ExternalIssuer>,
+    /// Whether this gateway's own tokens are accepted (the built-in server is on).
+    builtin: bool,
+    external_jwks: Arc<RwLock<JwksCache>>,
+    http: reqwest::Client,
+}
+
+/// 401 with the RFC 6750 challenge.
+pub fn unauthorized(description: &str) -> Error {
+    let mut e = Error::with_issues(
+        ErrorKind::Unauthorized,
+        vec![Issue::error(
+            "login",
+            format!("Authentication required: {description}"),
+        )],
+    );
+    e.www_authenticate = Some(format!(
+        "Bearer realm=\"kap-gateway\", error=\"invalid_token\", error_description=\"{}\"",
+        description.replace('"', "'")
+    ));
+    e
+}
+
+fn claim_str(claims: &Value, name: &str) -> Option<String> {
+    claims.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn claim_i64(claims: &Value, name: &str) -> Option<i64> {
+    claims
+        .get(name)
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+}
+
+fn audience_matches(claims: &Value, expected: &str) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(a)) => a.trim_end_matches('/') == expected.trim_end_matches('/'),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| a.trim_end_matches('/') == expected.trim_end_matches('/')),
+        _ => false,
+    }
+}
+
+/// Checks `exp` (required) and `nbf` (optional) against now, with leeway.
+fn check_times(claims: &Value) -> Result<(), Error> {
+    let now = now_micros() / 1_000_000;
+    let exp = claim_i64(claims, "exp").ok_or_else(|| unauthorized("the token has no exp"))?;
+    if exp + LEEWAY_SECS < now {
+        return Err(unauthorized("the token has expired"));
+    }
+    if let Some(nbf) = claim_i64(claims, "nbf")
+        && nbf - LEEWAY_SECS > now
+    {
+        return Err(unauthorized("the token is not valid yet"));
+    }
+    Ok(())
+}
+
+impl Authenticator {
+    pub fn new(
+        keys: KeyRing,
+        db: Db,
+        issuer: String,
+        audience: String,
+        external: Option<ExternalIssuer>,
+    ) -> Authenticator {
+        Authenticator {
+            keys,
+            issuer,
+            audience,
+            db,
+            external,
+            builtin: true,
+            external_jwks: Arc::new(RwLock::new(JwksCache::default())),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Accepts (or, with `false`, refuses) tokens of the built-in authorization server.
+    pub fn with_builtin(mut self, builtin: bool) -> Authenticator {
+        self.builtin = builtin;
+        self
+    }
+
+    pub fn builtin_enabled(&self) -> bool {
+        self.builtin
+    }
+
+    /// Signs an access token and records its id; returns (token, jti).
+    pub async fn issue_access_token(&self, grant: &TokenGrant) -> Result<(String, String), Error> {
+        let now_us = now_micros();
+        let now = now_us / 1_000_000;
+        let jti = uuid::Uuid::new_v4().to_string();
+        let lifetime = grant.lifetime_secs.clamp(1, 3600);
+        let mut claims = json!({
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": grant.subject,
+            "client_id": grant.client_id,
+            "scope": grant.scope,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": jti,
+        });
+        if let Some(obj) = claims.as_object_mut() {
+            for (k, v) in [
+                ("patient", &grant.patient),
+                ("encounter", &grant.encounter),
+                ("fhirUser", &grant.fhir_user),
+                ("role", &grant.role),
+            ] {
+                if let Some(v) = v {
+                    obj.insert(k.into(), Value::String(v.clone()));
+                }
+            }
+        }
+        let token = self.keys.sign(&claims).map_err(Error::internal)?;
+        let mut tx = self.db.begin_write().await?;
+        let mut sql = Sql::new(
+            "INSERT INTO issued_tokens (jti, family, client_id, username, scope, created_at, expires_at) VALUES (",
+        );
+        sql.bind(jti.as_str())
+            .push(", ")
+            .bind(grant.family.clone())
+            .push(", ")
+            .bind(grant.client_id.as_str())
+            .push(", ")
+            .bind(grant.subject.as_str())
+            .push(", ")
+            .bind(grant.scope.as_str())
+            .push(", ")
+            .bind(now_us)
+            .push(", ")
+            .bind(now_us + lifetime * 1_000_000)
+            .push(")");
+        tx.execute(&sql).await?;
+        tx.commit().await?;
+        Ok((token, jti))
+    }
+
+    /// Revokes every access token of a family (a reused code or refresh token).
+    pub async fn revoke_family(&self, family: &str) -> Result<(), Error> {
+        let mut tx = self.db.begin_write().await?;
+        let mut sql = Sql::new("UPDATE issued_tokens SET revoked_at = ");
+        sql.bind(now_micros())
+            .push(" WHERE family = ")
+            .bind(family)
+            .push(" AND revoked_at IS NULL");
+        tx.execute(&sql).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes one access token by its id.
+    pub async fn revoke_jti(&self, jti: &str) -> Result<(), Error> {
+        let mut tx = self.db.begin_write().await?;
+        let mut sql = Sql::new("UPDATE issued_tokens SET revoked_at = ");
+        sql.bind(now_micros())
+            .push(" WHERE jti = ")
+            .bind(jti)
+            .push(" AND revoked_at IS NULL");
+        tx.execute(&sql).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, Error> {
+        let mut tx = self.db.begin_read().await?;
+        let mut sql = Sql::new("SELECT revoked_at FROM issued_tokens WHERE jti = ");
+        sql.bind(jti);
+        let rows = tx.fetch(&sql, &[Col::OptInt]).await?;
+        tx.rollback().await?;
+        // A token of ours that was never recorded is not trusted either.
+        Ok(rows.first().is_none_or(|r| r.opt_int(0).is_some()))
+    }
+
+    /// Verifies a token of this gateway and returns its claims (signature, iss, aud, exp, nbf, not revoked).
+    pub async fn verify_own(&self, token: &str) -> Result<Value, Error> {
+        let claims = match self.keys.verify(token) {
+            Ok(c) => c,
+            Err(KeyError::UnknownKey) => {
+                // Another replica may have rotated keys since we loaded them.
+                self.keys.reload().await.map_err(Error::internal)?;
+                self.keys
+                    .verify(token)
+                    .map_err(|e| unauthorized(&e.to_string()))?
+            }
+            Err(e) => return Err(unauthorized(&e.to_string())),
+        };
+        if claim_str(&claims, "iss").as_deref() != Some(self.issuer.as_str()) {
+            return Err(unauthorized("the token was issued by someone else"));
+        }
+        if !audience_matches(&claims, &self.audience) {
+            return Err(unauthorized("the token is not meant for this server (aud)"));
+        }
+        check_times(&claims)?;
+        let jti = claim_str(&claims, "jti").ok_or_else(|| unauthorized("the token has no jti"))?;
+        if self.is_revoked(&jti).await? {
+            return Err(unauthorized("the token has been revoked"));
+        }
+        Ok(claims)
+    }
+
+    async fn external_jwks(&self, ext: &ExternalIssuer, force: bool) -> Result<Value, Error> {
+        {
+            let cache = self.external_jwks.read().await;
+            if !force
+                && let (Some(jwks), Some(at)) = (&cache.jwks, cache.fetched)
+                && at.elapsed() < cache.max_age
+            {
+                return Ok(jwks.clone());
+            }
+        }
+        let resp = self.http.get(&ext.jwks_url).send().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot fetch the issuer's keys: {e}"),
+            )
+        })?;
+        let max_age = cache_max_age(resp.headers());
+        let jwks: Value = resp.json().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("the issuer's JWKS is not JSON: {e}"),
+            )
+        })?;
+        let mut cache = self.external_jwks.write().await;
+        cache.jwks = Some(jwks.clone());
+        cache.fetched = Some(Instant::now());
+        cache.max_age = max_age;
+        Ok(jwks)
+    }
+
+    async fn verify_external(&self, ext: &ExternalIssuer, token: &str) -> Result<Value, Error> {
+        let jwks = self.external_jwks(ext, false).await?;
+        let claims = match verify_with_jwks(token, &jwks) {
+            Ok(c) => c,
+            Err(KeyError::UnknownKey) => {
+                let fresh = self.external_jwks(ext, true).await?;
+                verify_with_jwks(token, &fresh).map_err(|e| unauthorized(&e.to_string()))?
+            }
+            Err(e) => return Err(unauthorized(&e.to_string())),
+        };
+        if claim_str(&claims, "iss").as_deref() != Some(ext.issuer.as_str()) {
+            return Err(unauthorized("the token was issued by someone else"));
+        }
+        if !audience_matches(&claims, &ext.audience) {
+            return Err(unauthorized("the token is not meant for this server (aud)"));
+        }
+        check_times(&claims)?;
+        Ok(claims)
+    }
+
+    /// Authenticates the `Authorization` header of a request.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Access, Error> {
+        let header = authorization.ok_or_else(|| unauthorized("no access token was sent"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the Authorization header is not a Bearer token"))?;
+        let (_, _, jose) = split_token(token).map_err(|e| unauthorized(&e.to_string()))?;
+        let kid = jose.get("kid").and_then(Value::as_str).unwrap_or_default();
+        let (claims, scope_claim, own) = match &self.external {
+            Some(ext)
+                if !self.keys.knows(kid)
+                    && claim_str(&super::keys::claims_of(token).unwrap_or_default(), "iss")
+                        .as_deref()
+                        == Some(ext.issuer.as_str()) =>
+            {
+                (
+                    self.verify_external(ext, token).await?,
+                    ext.scope_claim.clone(),
+                    false,
+                )
+            }
+            _ if self.builtin => (self.verify_own(token).await?, "scope".to_owned(), true),
+            _ => {
+                return Err(unauthorized(
+                    "the token was not issued by the trusted authorization server",
+                ));
+            }
+        };
+        let scope_text = match claims.get(&scope_claim) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+        let scopes = ScopeSet::parse(&scope_text).map_err(|e| unauthorized(&e.to_string()))?;
+        let role = claim_str(&claims, "role");
+        Ok(Access {
+            client_id: claim_str(&claims, "client_id")
+                .or_else(|| claim_str(&claims, "azp"))
+                .unwrap_or_default(),
+            subject: claim_str(&claims, "sub").unwrap_or_default(),
+            psychotherapy: scopes.contains(PSYCHOTHERAPY_SCOPE),
+            admin: own && role.as_deref() == Some("admin"),
+            patient: claim_str(&claims, "patient"),
+            encounter: claim_str(&claims, "encounter"),
+            fhir_user: claim_str(&claims, "fhirUser"),
+            jti: claim_str(&claims, "jti"),
+            scopes,
+        })
+    }
+}
+
+/// `Cache-Control: max-age` of a JWKS response, capped at a day; no caching when absent or `no-store`.
+pub fn cache_max_age(headers: &reqwest::header::HeaderMap) -> Duration {
+    let Some(cc) = headers
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Duration::ZERO;
+    };
+    let mut max_age = Duration::ZERO;
+    for part in cc.split(',').map(str::trim) {
+        if part == "no-store" || part == "no-cache" {
+            return Duration::ZERO;
+        }
+        if let Some(v) = part.strip_prefix("max-age=")
+            && let Ok(secs) = v.parse::<u64>()
+        {
+            max_age = Duration::from_secs(secs.min(86_400));
+        }
+    }
+    max_age
+}
