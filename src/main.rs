@@ -37,6 +37,19 @@ enum Command {
     /// Register, list and remove the users who sign in to the built-in authorization server.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Show or rotate the keys that sign access tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the public signing keys that currently verify tokens (the JWKS).
+    List(StoreArgs),
+    /// Start signing with a new key. The previous key keeps verifying for [auth] key_overlap_secs (default
+    /// 3900 s, longer than any token lives) so tokens already issued stay valid; running gateways pick the new
+    /// key up when they next see a token signed with it, or at their next start.
+    Rotate(StoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +236,7 @@ async fn main() -> ExitCode {
         }),
         Some(Command::Clients(command)) => clients(&cli, command).await,
         Some(Command::Users(command)) => users(&cli, command).await,
+        Some(Command::Keys(command)) => keys(&cli, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -257,7 +271,8 @@ async fn migrate(cli: &Cli, args: &DbArgs) -> Result<(), String> {
 }
 
 /// Opens the configured database (applying migrations) for a registry command.
-async fn registry(cli: &Cli, store: &StoreArgs) -> Result<Registry, String> {
+/// Loads the configuration and opens (and migrates) the database named by `store` or the configuration.
+async fn open_store(cli: &Cli, store: &StoreArgs) -> Result<(Config, kap_gateway::store::Store), String> {
     let overrides = Overrides {
         database_url: store.database_url.clone(),
         ..Overrides::default()
@@ -265,8 +280,37 @@ async fn registry(cli: &Cli, store: &StoreArgs) -> Result<Registry, String> {
     let config = Config::load(cli.config.as_deref(), &overrides)
         .map_err(|e| format!("configuration error: {e}"))?;
     kap_gateway::telemetry::init(&config.log_level, &config.log_format);
-    let store = connect_store(&config).await.map_err(|e| format!("{e:#}"))?;
-    Ok(Registry::new(store.db))
+    let opened = connect_store(&config).await.map_err(|e| format!("{e:#}"))?;
+    Ok((config, opened))
+}
+
+async fn keys(cli: &Cli, command: &KeysCommand) -> Result<(), String> {
+    use kap_gateway::auth::keys::KeyRing;
+    match command {
+        KeysCommand::List(store) => {
+            let (_, opened) = open_store(cli, store).await?;
+            let ring = KeyRing::load_or_create(&opened.db).await.map_err(|e| e.to_string())?;
+            let jwks = ring.jwks();
+            let current = ring.current_kid().unwrap_or_default();
+            for key in jwks["keys"].as_array().cloned().unwrap_or_default() {
+                let kid = key["kid"].as_str().unwrap_or_default();
+                let role = if kid == current { "signing" } else { "verifying only" };
+                println!("{kid}  {}  {role}", key["alg"].as_str().unwrap_or_default());
+            }
+        }
+        KeysCommand::Rotate(store) => {
+            let (config, opened) = open_store(cli, store).await?;
+            let overlap = config.auth.key_overlap_secs.max(config.auth.access_token_secs);
+            let kid = KeyRing::rotate(&opened.db, overlap).await.map_err(|e| e.to_string())?;
+            println!("new signing key {kid}; the previous key verifies for another {overlap} s");
+        }
+    }
+    Ok(())
+}
+
+async fn registry(cli: &Cli, store: &StoreArgs) -> Result<Registry, String> {
+    let (_, opened) = open_store(cli, store).await?;
+    Ok(Registry::new(opened.db))
 }
 
 fn registry_error(e: RegistryError) -> String {

@@ -102,6 +102,18 @@ impl Application {
             external,
         )
         .with_builtin(config.auth.builtin);
+        // Another replica (or `kap-gateway keys rotate`) may rotate keys: pick them up regularly.
+        let ring = auth.keys.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = ring.reload().await {
+                    tracing::warn!(error = %e, "could not reload the signing keys");
+                }
+            }
+        });
         let state = build_state(&config, store, base_url, auth);
         let app_state = state.clone();
         let mut server = HttpServer::new(move || create_app(app_state.clone()))

@@ -453,3 +453,27 @@ async fn a_revoked_token_stops_working_at_once() {
         .unwrap();
     assert_eq!(status_with(&app, &token).await.0, 401);
 }
+
+#[tokio::test]
+async fn after_a_key_rotation_old_tokens_still_verify_and_new_ones_use_the_new_key() {
+    let app = spawn_app().await;
+    let old = crate::helpers::mint(&app.auth, "system/*.rs", None).await;
+    let old_kid = app.auth.keys.current_kid().unwrap();
+    let store = kap_gateway::startup::connect_store(&kap_gateway::config::Config {
+        database_url: app.database_url.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let new_kid = kap_gateway::auth::keys::KeyRing::rotate(&store.db, 3900).await.unwrap();
+    assert_ne!(old_kid, new_kid);
+    app.auth.keys.reload().await.unwrap();
+    let new = crate::helpers::mint(&app.auth, "system/*.rs", None).await;
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(new.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["kid"], new_kid.as_str());
+    assert_eq!(status_with(&app, &old).await.0, 200);
+    assert_eq!(status_with(&app, &new).await.0, 200);
+    let jwks = app.auth.keys.jwks();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+}
