@@ -5,6 +5,7 @@
 //! leaves; `startup` wires everything.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;

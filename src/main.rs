@@ -40,6 +40,25 @@ enum Command {
     /// Show or rotate the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create an EHR launch context: prints the opaque `launch` value an EHR passes to a SMART app.
+    ///
+    /// Example: kap-gateway launch --patient alice --encounter enc-1
+    Launch(LaunchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LaunchArgs {
+    /// Id of the Patient in context.
+    #[arg(long, value_name = "ID")]
+    patient: String,
+    /// Id of the Encounter in context.
+    #[arg(long, value_name = "ID")]
+    encounter: Option<String>,
+    /// Seconds the launch value stays usable.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    ttl: i64,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +256,7 @@ async fn main() -> ExitCode {
         Some(Command::Clients(command)) => clients(&cli, command).await,
         Some(Command::Users(command)) => users(&cli, command).await,
         Some(Command::Keys(command)) => keys(&cli, command).await,
+        Some(Command::Launch(args)) => launch(&cli, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -272,7 +292,10 @@ async fn migrate(cli: &Cli, args: &DbArgs) -> Result<(), String> {
 
 /// Opens the configured database (applying migrations) for a registry command.
 /// Loads the configuration and opens (and migrates) the database named by `store` or the configuration.
-async fn open_store(cli: &Cli, store: &StoreArgs) -> Result<(Config, kap_gateway::store::Store), String> {
+async fn open_store(
+    cli: &Cli,
+    store: &StoreArgs,
+) -> Result<(Config, kap_gateway::store::Store), String> {
     let overrides = Overrides {
         database_url: store.database_url.clone(),
         ..Overrides::default()
@@ -284,24 +307,49 @@ async fn open_store(cli: &Cli, store: &StoreArgs) -> Result<(Config, kap_gateway
     Ok((config, opened))
 }
 
+async fn launch(cli: &Cli, args: &LaunchArgs) -> Result<(), String> {
+    let (_, opened) = open_store(cli, &args.store).await?;
+    let launch = kap_gateway::auth::server::create_launch(
+        &opened.db,
+        &args.patient,
+        args.encounter.as_deref(),
+        args.ttl,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!("{launch}");
+    Ok(())
+}
+
 async fn keys(cli: &Cli, command: &KeysCommand) -> Result<(), String> {
     use kap_gateway::auth::keys::KeyRing;
     match command {
         KeysCommand::List(store) => {
             let (_, opened) = open_store(cli, store).await?;
-            let ring = KeyRing::load_or_create(&opened.db).await.map_err(|e| e.to_string())?;
+            let ring = KeyRing::load_or_create(&opened.db)
+                .await
+                .map_err(|e| e.to_string())?;
             let jwks = ring.jwks();
             let current = ring.current_kid().unwrap_or_default();
             for key in jwks["keys"].as_array().cloned().unwrap_or_default() {
                 let kid = key["kid"].as_str().unwrap_or_default();
-                let role = if kid == current { "signing" } else { "verifying only" };
+                let role = if kid == current {
+                    "signing"
+                } else {
+                    "verifying only"
+                };
                 println!("{kid}  {}  {role}", key["alg"].as_str().unwrap_or_default());
             }
         }
         KeysCommand::Rotate(store) => {
             let (config, opened) = open_store(cli, store).await?;
-            let overlap = config.auth.key_overlap_secs.max(config.auth.access_token_secs);
-            let kid = KeyRing::rotate(&opened.db, overlap).await.map_err(|e| e.to_string())?;
+            let overlap = config
+                .auth
+                .key_overlap_secs
+                .max(config.auth.access_token_secs);
+            let kid = KeyRing::rotate(&opened.db, overlap)
+                .await
+                .map_err(|e| e.to_string())?;
             println!("new signing key {kid}; the previous key verifies for another {overlap} s");
         }
     }

@@ -50,12 +50,17 @@ pub fn build_state(
     let capability = CapabilityInput {
         base_url: base_url.clone(),
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        security: config
+            .auth
+            .builtin
+            .then(|| crate::auth::server::smart_security_extension(&base_url)),
         ..CapabilityInput::default()
     };
     AppState {
         config: config.clone(),
         base_url: base_url.clone(),
         fhir: FhirService::new(store.clone(), base_url),
+        audit: crate::audit::AuditLog::start(store.clone()),
         store,
         capability,
         auth,

@@ -7,16 +7,39 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use super::AppState;
+use super::audit::AuditInfo;
 use super::response::{
     Return, json_response, negotiate, parse_json, prefer_return, prefer_strict, read_body,
     resource_response, write_response,
 };
+use crate::audit::patients_of;
 use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::capability::capability_statement;
 use crate::fhir::datetime::parse_range;
 use crate::fhir::outcome::information;
 use crate::service::{bundle, parse_etag, parse_query_string};
+use crate::store::StoredResource;
+
+/// Tells the audit trail which patients a response concerns.
+fn audited(
+    mut resp: HttpResponse,
+    resources: &[&StoredResource],
+    interaction: Option<&'static str>,
+) -> HttpResponse {
+    let mut patients: Vec<String> = resources
+        .iter()
+        .filter_map(|r| r.json().map(|j| patients_of(&r.res_type, &j)))
+        .flatten()
+        .collect();
+    patients.sort();
+    patients.dedup();
+    resp.extensions_mut().insert(AuditInfo {
+        patients,
+        interaction,
+    });
+    resp
+}
 
 const JSON_TYPES: &[&str] = &[
     "application/fhir+json",
@@ -79,7 +102,11 @@ pub async fn read(
             .insert_header((header::ETAG, r.etag()))
             .finish());
     }
-    Ok(resource_response(&req, StatusCode::OK, &r))
+    Ok(audited(
+        resource_response(&req, StatusCode::OK, &r),
+        &[&r],
+        None,
+    ))
 }
 
 /// vread: `GET /fhir/{type}/{id}/_history/{vid}` — https://hl7.org/fhir/R4/http.html#vread
@@ -92,7 +119,11 @@ pub async fn vread(
     negotiate(&req)?;
     let (res_type, id, vid) = path.into_inner();
     let r = state.fhir.vread(&access, &res_type, &id, &vid).await?;
-    Ok(resource_response(&req, StatusCode::OK, &r))
+    Ok(audited(
+        resource_response(&req, StatusCode::OK, &r),
+        &[&r],
+        None,
+    ))
 }
 
 /// create: `POST /fhir/{type}`, conditional with `If-None-Exist` — https://hl7.org/fhir/R4/http.html#create
@@ -115,11 +146,10 @@ pub async fn create(
         .fhir
         .create(&access, &res_type, body, if_none_exist.as_deref())
         .await?;
-    Ok(write_response(
-        &req,
-        &state.base_url,
-        &out.resource,
-        out.created,
+    Ok(audited(
+        write_response(&req, &state.base_url, &out.resource, out.created),
+        &[&out.resource],
+        None,
     ))
 }
 
@@ -138,11 +168,10 @@ pub async fn update(
         .fhir
         .update(&access, &res_type, &id, body, if_match(&req)?)
         .await?;
-    Ok(write_response(
-        &req,
-        &state.base_url,
-        &out.resource,
-        out.created,
+    Ok(audited(
+        write_response(&req, &state.base_url, &out.resource, out.created),
+        &[&out.resource],
+        None,
     ))
 }
 
@@ -162,11 +191,10 @@ pub async fn conditional_update(
         .fhir
         .conditional_update(&access, &res_type, &params, body, if_match(&req)?)
         .await?;
-    Ok(write_response(
-        &req,
-        &state.base_url,
-        &out.resource,
-        out.created,
+    Ok(audited(
+        write_response(&req, &state.base_url, &out.resource, out.created),
+        &[&out.resource],
+        None,
     ))
 }
 
@@ -186,11 +214,10 @@ pub async fn patch(
         .fhir
         .patch(&access, &res_type, &id, patch, if_match(&req)?)
         .await?;
-    Ok(write_response(
-        &req,
-        &state.base_url,
-        &out.resource,
-        out.created,
+    Ok(audited(
+        write_response(&req, &state.base_url, &out.resource, out.created),
+        &[&out.resource],
+        None,
     ))
 }
 
@@ -258,11 +285,13 @@ async fn run_search(
         .fhir
         .parse_search(res_type, &params, prefer_strict(req))?;
     let page = state.fhir.search(access, &q).await?;
-    Ok(json_response(
+    let resp = json_response(
         req,
         StatusCode::OK,
         &bundle::searchset(&state.base_url, &q, &page),
-    ))
+    );
+    let touched: Vec<&StoredResource> = page.matches.iter().chain(page.includes.iter()).collect();
+    Ok(audited(resp, &touched, None))
 }
 
 /// search: `GET /fhir/{type}?…` — https://hl7.org/fhir/R4/http.html#search
@@ -374,11 +403,13 @@ async fn run_history(
     } else {
         None
     };
-    Ok(json_response(
+    let resp = json_response(
         req,
         StatusCode::OK,
         &bundle::history(&state.base_url, &self_url, &entries, total, next),
-    ))
+    );
+    let touched: Vec<&StoredResource> = entries.iter().map(|e| &e.resource).collect();
+    Ok(audited(resp, &touched, None))
 }
 
 fn with_query(path: &str, params: &[(String, String)]) -> String {
@@ -431,8 +462,35 @@ pub async fn batch_or_transaction(
 ) -> Result<HttpResponse> {
     negotiate(&req)?;
     let body = body_json(&state, &req, payload).await?;
+    let kind = if body.get("type").and_then(serde_json::Value::as_str) == Some("batch") {
+        "batch"
+    } else {
+        "transaction"
+    };
     let response = state.fhir.process_bundle(&access, body).await?;
-    Ok(json_response(&req, StatusCode::OK, &response))
+    let mut resp = json_response(&req, StatusCode::OK, &response);
+    let mut patients: Vec<String> = response["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e.get("resource"))
+                .filter_map(|r| {
+                    r.get("resourceType")
+                        .and_then(serde_json::Value::as_str)
+                        .map(|t| patients_of(t, r))
+                })
+                .flatten()
+                .collect()
+        })
+        .unwrap_or_default();
+    patients.sort();
+    patients.dedup();
+    resp.extensions_mut().insert(AuditInfo {
+        patients,
+        interaction: Some(kind),
+    });
+    Ok(resp)
 }
 
 /// Answers a known path with a method it does not support.

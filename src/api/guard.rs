@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 
 use super::AppState;
 use crate::auth::access::Access;
@@ -17,6 +17,7 @@ impl FromRequest for Access {
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let request = req.clone();
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -25,7 +26,10 @@ impl FromRequest for Access {
         Box::pin(async move {
             let state = state
                 .ok_or_else(|| Error::internal(anyhow::anyhow!("application state missing")))?;
-            state.auth.authenticate(authorization.as_deref()).await
+            let access = state.auth.authenticate(authorization.as_deref()).await?;
+            // Kept on the request for the audit trail.
+            request.extensions_mut().insert(access.clone());
+            Ok(access)
         })
     }
 }

@@ -1,9 +1,11 @@
 //! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir` and `/health`, and the
 //! composition of the application (`create_app`) used by `main` and by the tests alike.
 
+pub mod audit;
 pub mod fhir;
 pub mod guard;
 pub mod health;
+pub mod oauth;
 pub mod response;
 
 use actix_web::{App, web};
@@ -23,6 +25,7 @@ pub struct AppState {
     pub fhir: FhirService,
     pub capability: CapabilityInput,
     pub auth: Authenticator,
+    pub audit: crate::audit::AuditLog,
 }
 
 /// Registers every route on `cfg`. Paths with a fixed segment come before the patterns they would otherwise match.
@@ -41,6 +44,67 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/fhir/metadata")
             .route(web::get().to(fhir::metadata))
+            .default_service(na()),
+    )
+    // The authorization server; its `/fhir/.well-known/…` paths must come before the `/fhir/{type}/{id}` pattern.
+    .service(
+        web::resource("/.well-known/smart-configuration")
+            .route(web::get().to(oauth::smart_configuration))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/fhir/.well-known/smart-configuration")
+            .route(web::get().to(oauth::smart_configuration))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/fhir/.well-known/openid-configuration")
+            .route(web::get().to(oauth::openid_configuration))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/jwks")
+            .route(web::get().to(oauth::jwks))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/authorize")
+            .route(web::get().to(oauth::authorize))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/login")
+            .route(web::post().to(oauth::login))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/patient")
+            .route(web::post().to(oauth::patient))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/consent")
+            .route(web::post().to(oauth::consent))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/token")
+            .route(web::post().to(oauth::token))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/introspect")
+            .route(web::post().to(oauth::introspect))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/revoke")
+            .route(web::post().to(oauth::revoke))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/auth/launch")
+            .route(web::post().to(oauth::launch))
             .default_service(na()),
     )
     .service(
@@ -103,15 +167,38 @@ pub fn create_app(
         InitError = (),
     >,
 > {
+    let auth = &state.config.auth;
+    let oauth_settings = crate::auth::server::OAuthSettings {
+        access_token_secs: auth.access_token_secs,
+        backend_token_secs: auth.backend_token_secs,
+        refresh_token_secs: auth.refresh_token_days.saturating_mul(86_400),
+        ..crate::auth::server::OAuthSettings::default()
+    };
+    let builtin = auth.builtin;
     App::new()
+        .app_data(web::Data::new(oauth_settings))
         .app_data(web::Data::new(state))
         // Path and query extractor failures become OperationOutcomes like every other error.
         .app_data(web::PathConfig::default().error_handler(|err, _req| {
             crate::error::Error::bad_request(format!("Bad path: {err}")).into()
         }))
+        .wrap(actix_web::middleware::from_fn(audit::audit_requests))
         .wrap(actix_web::middleware::NormalizePath::new(
             actix_web::middleware::TrailingSlash::Trim,
         ))
+        .configure(move |cfg| {
+            // With only an external issuer trusted, the built-in server's endpoints do not exist.
+            if !builtin {
+                cfg.service(web::scope("/auth").default_service(web::route().to(fhir::not_found)))
+                    .service(web::resource("/.well-known/smart-configuration").to(fhir::not_found))
+                    .service(
+                        web::resource("/fhir/.well-known/smart-configuration").to(fhir::not_found),
+                    )
+                    .service(
+                        web::resource("/fhir/.well-known/openid-configuration").to(fhir::not_found),
+                    );
+            }
+        })
         .configure(routes)
         .default_service(web::route().to(fhir::not_found))
 }

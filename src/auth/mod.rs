@@ -4,6 +4,8 @@
 
 pub mod access;
 pub mod keys;
+pub mod pages;
 pub mod registry;
 pub mod scopes;
+pub mod server;
 pub mod tokens;

@@ -17,7 +17,7 @@ use crate::fhir::search::{self, ParseOptions, SearchQuery, TotalMode};
 use crate::fhir::validate::validate_resource;
 use crate::store::db::Tx;
 use crate::store::search_sql::SearchPage;
-use crate::store::{HistoryEntry, Method, Store, StoredResource};
+use crate::store::{HistoryEntry, HistoryScope, Method, Store, StoredResource};
 
 /// The result of a write: the stored version and whether it created the resource (201) or not (200).
 #[derive(Debug, Clone)]
@@ -953,10 +953,23 @@ impl FhirService {
                 return Err(Error::not_found(format!("{t}/{i} is not known")));
             }
         }
-        let mut entries = self
-            .store
-            .history(tx, res_type, id, since, before, count + 1)
-            .await?;
+        // System history leaves out, in SQL, the types the token may not read at all (e.g. AuditEvent).
+        let excluded: Vec<&str> = if res_type.is_none() {
+            registry::SUPPORTED_TYPES
+                .iter()
+                .copied()
+                .filter(|t| access.permit(t, Op::Read).is_err())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let scope = HistoryScope {
+            res_type,
+            id,
+            since,
+            exclude_types: &excluded,
+        };
+        let mut entries = self.store.history(tx, &scope, before, count + 1).await?;
         let more = entries.len() > count;
         entries.truncate(count);
         let fetched = entries.len();
@@ -969,7 +982,7 @@ impl FhirService {
         let total = if kept.len() == fetched && !more && before.is_none() {
             Some(kept.len() as i64)
         } else if kept.len() == fetched && access_is_unrestricted(access) {
-            Some(self.store.history_count(tx, res_type, id, since).await?)
+            Some(self.store.history_count(tx, &scope).await?)
         } else {
             None
         };

@@ -473,28 +473,18 @@ impl Store {
     }
 
     /// History of one resource, one type or the whole server, newest first.
-    /// `before_hpk` pages backwards; `since` keeps only versions written at or after it.
+    /// `before_hpk` pages backwards.
     pub async fn history(
         &self,
         tx: &mut Tx,
-        res_type: Option<&str>,
-        id: Option<&str>,
-        since: Option<i64>,
+        scope: &HistoryScope<'_>,
         before_hpk: Option<i64>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>> {
         let mut sql = Sql::new(
-            "SELECT hpk, method, res_pk, res_type, id, version, last_updated, content FROM resource_history WHERE 1 = 1",
+            "SELECT hpk, method, res_pk, res_type, id, version, last_updated, content FROM resource_history WHERE ",
         );
-        if let Some(t) = res_type {
-            sql.push(" AND res_type = ").bind(t);
-        }
-        if let Some(i) = id {
-            sql.push(" AND id = ").bind(i);
-        }
-        if let Some(s) = since {
-            sql.push(" AND last_updated >= ").bind(s);
-        }
+        sql.append(&scope.condition());
         if let Some(b) = before_hpk {
             sql.push(" AND hpk < ").bind(b);
         }
@@ -507,26 +497,44 @@ impl Store {
             .collect())
     }
 
-    /// Number of history entries matching the same filters (for `Bundle.total`).
-    pub async fn history_count(
-        &self,
-        tx: &mut Tx,
-        res_type: Option<&str>,
-        id: Option<&str>,
-        since: Option<i64>,
-    ) -> Result<i64> {
-        let mut sql = Sql::new("SELECT COUNT(*) FROM resource_history WHERE 1 = 1");
-        if let Some(t) = res_type {
-            sql.push(" AND res_type = ").bind(t);
-        }
-        if let Some(i) = id {
-            sql.push(" AND id = ").bind(i);
-        }
-        if let Some(s) = since {
-            sql.push(" AND last_updated >= ").bind(s);
-        }
+    /// Number of history entries in a scope (for `Bundle.total`).
+    pub async fn history_count(&self, tx: &mut Tx, scope: &HistoryScope<'_>) -> Result<i64> {
+        let mut sql = Sql::new("SELECT COUNT(*) FROM resource_history WHERE ");
+        sql.append(&scope.condition());
         let rows = tx.fetch(&sql, &[Col::Int]).await?;
         Ok(rows.first().map(|r| r.int(0)).unwrap_or(0))
+    }
+}
+
+/// Which history a listing covers: one resource, one type or the whole server, from `since` on, leaving out the
+/// types the caller may not read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryScope<'a> {
+    pub res_type: Option<&'a str>,
+    pub id: Option<&'a str>,
+    /// Microseconds; only versions written at or after it.
+    pub since: Option<i64>,
+    pub exclude_types: &'a [&'a str],
+}
+
+impl HistoryScope<'_> {
+    fn condition(&self) -> Sql {
+        let mut sql = Sql::new("1 = 1");
+        if let Some(t) = self.res_type {
+            sql.push(" AND res_type = ").bind(t);
+        }
+        if let Some(i) = self.id {
+            sql.push(" AND id = ").bind(i);
+        }
+        if let Some(s) = self.since {
+            sql.push(" AND last_updated >= ").bind(s);
+        }
+        if !self.exclude_types.is_empty() {
+            sql.push(" AND res_type NOT IN (")
+                .bind_list(self.exclude_types)
+                .push(")");
+        }
+        sql
     }
 }
 

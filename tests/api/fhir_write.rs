@@ -221,10 +221,18 @@ async fn history_lists_every_version_newest_first_with_since_and_count() {
     let next = page.link("next").expect("next link");
     let page2 = app.get_url(&next).await;
     assert_eq!(page2.body["entry"].as_array().unwrap().len(), 2);
-    let future = app.get("/fhir/_history?_since=2999-01-01T00:00:00Z").await;
+    // A token that may not read AuditEvents sees system history without the audit trail of these requests.
+    let clinical = app
+        .client_for("system/*.rs kap/psychotherapy-notes.read", None)
+        .await;
+    let future = app
+        .get_with(&clinical, "/fhir/_history?_since=2999-01-01T00:00:00Z")
+        .await;
     assert_eq!(future.body["total"], 0);
-    let all = app.get("/fhir/_history?_since=2000-01-01").await;
-    assert_eq!(all.body["total"], 4);
+    let all = app
+        .get_with(&clinical, "/fhir/_history?_since=2000-01-01")
+        .await;
+    assert_eq!(all.body["total"], 4, "{}", all.text);
 }
 
 #[tokio::test]

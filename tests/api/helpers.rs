@@ -284,3 +284,21 @@ pub fn without_server_fields(mut v: Value) -> Value {
     }
     v
 }
+
+/// The OAuth client and user registry of the app's database, through a connection pool of its own.
+pub async fn registry(app: &TestApp) -> kap_gateway::auth::registry::Registry {
+    kap_gateway::auth::registry::Registry::new(app_db(app).await)
+}
+
+/// A connection pool to the app's database (migrations are already applied by the app).
+pub async fn app_db(app: &TestApp) -> kap_gateway::store::db::Db {
+    let config = Config {
+        database_url: app.database_url.clone(),
+        db_max_connections: 2,
+        ..Config::default()
+    };
+    kap_gateway::startup::connect_store(&config)
+        .await
+        .expect("open the app's database")
+        .db
+}

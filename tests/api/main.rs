@@ -3,10 +3,12 @@
 
 mod helpers;
 
+mod audit;
 mod errors;
 mod fhir_search;
 mod fhir_write;
 mod r4_examples;
 mod smart_enforcement;
 mod smart_external;
+mod smart_oauth;
 mod transaction;

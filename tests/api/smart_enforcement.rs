@@ -465,12 +465,18 @@ async fn after_a_key_rotation_old_tokens_still_verify_and_new_ones_use_the_new_k
     })
     .await
     .unwrap();
-    let new_kid = kap_gateway::auth::keys::KeyRing::rotate(&store.db, 3900).await.unwrap();
+    let new_kid = kap_gateway::auth::keys::KeyRing::rotate(&store.db, 3900)
+        .await
+        .unwrap();
     assert_ne!(old_kid, new_kid);
     app.auth.keys.reload().await.unwrap();
     let new = crate::helpers::mint(&app.auth, "system/*.rs", None).await;
-    let header: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(new.split('.').next().unwrap()).unwrap()).unwrap();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(new.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(header["kid"], new_kid.as_str());
     assert_eq!(status_with(&app, &old).await.0, 200);
     assert_eq!(status_with(&app, &new).await.0, 200);

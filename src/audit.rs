@@ -1,0 +1,296 @@
+//! The audit trail: one AuditEvent per FHIR access and per token grant or refusal, in the style of IHE Basic Audit
+//! Log Patterns (https://profiles.ihe.net/ITI/BALP/, https://hl7.org/fhir/R4/auditevent.html).
+//!
+//! Events are written through a group-commit writer: each request hands its event over and waits until the
+//! transaction holding it has committed, so nothing is answered unaudited, while many concurrent requests share one
+//! database transaction. Events never carry note text, search values or resource content: only who, which client,
+//! which interaction on which resource type and id, which patients, and the HTTP status.
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::access::Access;
+use crate::error::{Error, Result};
+use crate::fhir::datetime::{format_instant, now_micros};
+use crate::fhir::extract::extract;
+use crate::store::{Method, Store};
+
+/// Largest number of events committed together.
+const BATCH: usize = 256;
+
+type Pending = (Value, oneshot::Sender<std::result::Result<(), String>>);
+
+/// Hands events to the writer task.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// What happened, in the terms of the FHIR restful-interaction code system.
+#[derive(Debug, Clone)]
+pub struct AuditRecord<'a> {
+    /// `read`, `vread`, `search-type`, `create`, `update`, `patch`, `delete`, `history-*`, `transaction`, `batch`,
+    /// or for the authorization server `token` / `authorize`.
+    pub interaction: &'a str,
+    pub resource_type: Option<&'a str>,
+    pub id: Option<&'a str>,
+    /// Patients whose data was touched (ids).
+    pub patients: Vec<String>,
+    /// Names (never values) of the search parameters used.
+    pub parameter_names: Vec<String>,
+    pub status: u16,
+}
+
+/// Codes of http://hl7.org/fhir/restful-interaction used here; anything else is an authentication event.
+const REST_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "history-system",
+    "create",
+    "search-type",
+    "transaction",
+    "batch",
+    "operation",
+];
+
+/// Patients whose compartment a resource is in (its own id for a Patient).
+pub fn patients_of(resource_type: &str, resource: &Value) -> Vec<String> {
+    if resource_type == "Patient" {
+        return resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|id| vec![id.to_owned()])
+            .unwrap_or_default();
+    }
+    let params = crate::fhir::registry::patient_compartment_params(resource_type);
+    let mut out: Vec<String> = extract(resource_type, resource)
+        .into_iter()
+        .filter(|e| params.contains(&e.param))
+        .filter_map(|e| match e.value {
+            crate::fhir::extract::IndexValue::Reference {
+                target_type: Some(t),
+                target_id: Some(id),
+                ..
+            } if t == "Patient" => Some(id),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn action(interaction: &str) -> &'static str {
+    match interaction {
+        "create" => "C",
+        "update" | "patch" => "U",
+        "delete" => "D",
+        "transaction" | "batch" | "operation" => "E",
+        _ if !REST_INTERACTIONS.contains(&interaction) => "E",
+        _ => "R",
+    }
+}
+
+fn outcome(status: u16) -> &'static str {
+    match status {
+        0..=399 => "0",
+        400..=499 => "4",
+        _ => "8",
+    }
+}
+
+/// Builds the AuditEvent for one access.
+pub fn audit_event(
+    access: Option<&Access>,
+    client_hint: Option<&str>,
+    record: &AuditRecord<'_>,
+) -> Value {
+    let rest = REST_INTERACTIONS.contains(&record.interaction);
+    let mut agents = Vec::new();
+    let client = access
+        .map(|a| a.client_id.as_str())
+        .or(client_hint)
+        .unwrap_or("unknown");
+    agents.push(json!({
+        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+        "who": {"identifier": {"system": "urn:kap-gateway:client", "value": client}},
+        "requestor": access.is_none_or(|a| a.subject == a.client_id),
+    }));
+    if let Some(a) = access
+        && a.subject != a.client_id
+    {
+        let who = match &a.fhir_user {
+            Some(fhir_user) => json!({"reference": fhir_user, "display": a.subject}),
+            None => json!({"identifier": {"system": "urn:kap-gateway:user", "value": a.subject}}),
+        };
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+            "who": who,
+            "requestor": true,
+        }));
+    }
+    let mut entities = Vec::new();
+    if let (Some(t), Some(id)) = (record.resource_type, record.id) {
+        entities.push(json!({
+            "what": {"reference": format!("{t}/{id}")},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+        }));
+    } else if let Some(t) = record.resource_type {
+        let mut query = json!({
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+            "description": format!("{} {t}", record.interaction),
+        });
+        if !record.parameter_names.is_empty()
+            && let Some(obj) = query.as_object_mut()
+        {
+            obj.insert(
+                "detail".into(),
+                json!([{"type": "parameter-names", "valueString": record.parameter_names.join(",")}]),
+            );
+        }
+        entities.push(query);
+    }
+    for patient in record.patients.iter().take(50) {
+        entities.push(json!({
+            "what": {"reference": format!("Patient/{patient}")},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+        }));
+    }
+    let (type_coding, subtype) = if rest {
+        (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"}),
+            json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": record.interaction}]),
+        )
+    } else {
+        (
+            json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"}),
+            json!([{"system": "urn:kap-gateway:auth-event", "code": record.interaction}]),
+        )
+    };
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "type": type_coding,
+        "subtype": subtype,
+        "action": action(record.interaction),
+        "recorded": format_instant(now_micros()),
+        "outcome": outcome(record.status),
+        "outcomeDesc": format!("HTTP {}", record.status),
+        "agent": agents,
+        "source": {
+            "observer": {"display": "kap-gateway"},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+        },
+    });
+    if !entities.is_empty()
+        && let Some(obj) = event.as_object_mut()
+    {
+        obj.insert("entity".into(), Value::Array(entities));
+    }
+    event
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Store) -> AuditLog {
+        let (tx, rx) = mpsc::channel::<Pending>(4096);
+        tokio::spawn(writer(store, rx));
+        AuditLog { tx }
+    }
+
+    /// Records an event and waits until it is committed.
+    pub async fn record(&self, event: Value) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((event, done))
+            .await
+            .map_err(|_| Error::internal(anyhow::anyhow!("the audit writer has stopped")))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::internal(anyhow::anyhow!("audit write failed: {e}"))),
+            Err(_) => Err(Error::internal(anyhow::anyhow!(
+                "the audit writer has stopped"
+            ))),
+        }
+    }
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&store, &batch).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, events = batch.len(), "could not write audit events");
+        }
+        for (_, done) in batch {
+            let _ = done.send(result.clone().map_err(|e| e.to_string()));
+        }
+    }
+}
+
+async fn write_batch(store: &Store, batch: &[Pending]) -> std::result::Result<(), String> {
+    let mut tx = store.begin_write().await.map_err(|e| e.to_string())?;
+    for (event, _) in batch {
+        let index = extract("AuditEvent", event);
+        let id = uuid::Uuid::new_v4().to_string();
+        store
+            .insert(
+                &mut tx,
+                "AuditEvent",
+                &id,
+                event.clone(),
+                &index,
+                Method::Post,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_event_names_client_user_resource_and_patient_but_no_search_values() {
+        let access = Access {
+            subject: "dr-lee".into(),
+            fhir_user: Some("Practitioner/lee".into()),
+            ..Access::internal()
+        };
+        let e = audit_event(
+            Some(&access),
+            None,
+            &AuditRecord {
+                interaction: "search-type",
+                resource_type: Some("Observation"),
+                id: None,
+                patients: vec!["alice".into()],
+                parameter_names: vec!["code".into(), "patient".into()],
+                status: 200,
+            },
+        );
+        assert!(crate::fhir::validate::validate_resource(Some("AuditEvent"), &e).is_ok());
+        assert_eq!(e["action"], "R");
+        assert_eq!(e["outcome"], "0");
+        assert_eq!(e["agent"][1]["who"]["reference"], "Practitioner/lee");
+        assert_eq!(e["entity"][1]["what"]["reference"], "Patient/alice");
+        assert_eq!(e["entity"][0]["detail"][0]["valueString"], "code,patient");
+        let index = extract("AuditEvent", &e);
+        assert!(index.iter().any(|i| i.param == "patient"));
+    }
+}

@@ -1,0 +1,110 @@
+//! Every FHIR access leaves an AuditEvent (IHE BALP style) naming who, which client, what and which patient —
+//! and never the search values or note text.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+
+use crate::helpers::{into_resp, spawn_app};
+
+#[tokio::test]
+async fn a_read_is_audited_with_client_user_resource_and_patient() {
+    let app = spawn_app().await;
+    app.put(
+        "/fhir/Patient/alice",
+        &json!({"resourceType": "Patient", "id": "alice"}),
+    )
+    .await;
+    app.put(
+        "/fhir/Observation/o1",
+        &json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "PHQ-9"},
+            "subject": {"reference": "Patient/alice"}, "valueString": "Secret words from the session"}),
+    )
+    .await;
+    let grant = kap_gateway::auth::tokens::TokenGrant {
+        client_id: "clinic-app".into(),
+        subject: "dr-lee".into(),
+        scope: "user/*.rs".into(),
+        fhir_user: Some("Practitioner/lee".into()),
+        lifetime_secs: 300,
+        ..Default::default()
+    };
+    let (token, _) = app.auth.issue_access_token(&grant).await.unwrap();
+    let user = crate::helpers::client_with_token(&token);
+    assert_eq!(
+        app.get_with(&user, "/fhir/Observation/o1").await.status,
+        200
+    );
+    let search = app
+        .get_with(&user, "/fhir/Patient?name=Zebediah&birthdate=1970-01-01")
+        .await;
+    assert_eq!(search.status, 200);
+
+    let auditor = app.client_for("system/AuditEvent.rs", None).await;
+    let events = app
+        .get_with(&auditor, "/fhir/AuditEvent?patient=alice&_count=100")
+        .await;
+    assert_eq!(events.status, 200, "{}", events.text);
+    let read = events.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|e| e["subtype"][0]["code"] == "read" && e["agent"].to_string().contains("dr-lee"))
+        .expect("an audit event for the read");
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert!(read["agent"].to_string().contains("clinic-app"));
+    assert!(read["agent"].to_string().contains("Practitioner/lee"));
+    assert!(read["entity"].to_string().contains("Observation/o1"));
+
+    // Nothing of the content or of the search values is in the trail.
+    let all = app.get_with(&auditor, "/fhir/AuditEvent?_count=1000").await;
+    assert!(
+        !all.text.contains("Zebediah"),
+        "search value leaked into the audit trail"
+    );
+    assert!(
+        !all.text.contains("1970-01-01"),
+        "search value leaked into the audit trail"
+    );
+    assert!(
+        !all.text.contains("Secret words"),
+        "content leaked into the audit trail"
+    );
+    assert!(
+        all.text.contains("birthdate,name"),
+        "parameter names are recorded"
+    );
+}
+
+#[tokio::test]
+async fn refused_requests_are_audited_too() {
+    let app = spawn_app().await;
+    let r = into_resp(
+        app.anonymous
+            .get(app.url("/fhir/Patient/alice"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let narrow = app.client_for("user/Observation.rs", None).await;
+    assert_eq!(
+        app.get_with(&narrow, "/fhir/Patient/alice").await.status,
+        403
+    );
+    let auditor = app.client_for("system/AuditEvent.rs", None).await;
+    let events = app
+        .get_with(&auditor, "/fhir/AuditEvent?outcome=4&_count=100")
+        .await;
+    let outcomes: Vec<String> = events.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["outcomeDesc"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(outcomes.contains(&"HTTP 401".to_owned()), "{outcomes:?}");
+    assert!(outcomes.contains(&"HTTP 403".to_owned()), "{outcomes:?}");
+}
