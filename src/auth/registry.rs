@@ -675,8 +675,9 @@ fn check_client(c: NewClient) -> Result<CheckedClient> {
     if let Some(uri) = &c.jwks_uri {
         check_url("jwks_uri", uri)?;
     }
-    // Clients that go through the browser need somewhere to be sent back to; a backend service does not.
-    if c.redirect_uris.is_empty() && c.kind != ClientKind::ConfidentialAsymmetric {
+    // A public client only ever goes through the browser, so it needs somewhere to be sent back to; confidential
+    // clients may be backend services (client_credentials) without one.
+    if c.redirect_uris.is_empty() && c.kind == ClientKind::Public {
         return Err(invalid(format!(
             "a {} client needs at least one redirect URI",
             c.kind
