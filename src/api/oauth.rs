@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::audit::{AuditRecord, audit_event};
 use crate::auth::access::Access;
 use crate::auth::pages::{self, PAGE_HEADERS, Page};
 use crate::auth::registry::Registry;
@@ -254,7 +255,54 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         Err(e) => return oauth_error(&e),
     };
     let oauth = oauth(&state, &req);
-    oauth_json(oauth.token(&form, authorization(&req)).await)
+    let result = oauth.token(&form, authorization(&req)).await;
+    // Every grant and every refusal goes into the audit trail before the answer leaves.
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) => e.status,
+    };
+    let patients = result
+        .as_ref()
+        .ok()
+        .and_then(|body| body.get("patient").and_then(Value::as_str))
+        .map(|p| vec![p.to_owned()])
+        .unwrap_or_default();
+    let grant_type = form.get("grant_type").unwrap_or("unknown").to_owned();
+    let record = AuditRecord {
+        interaction: "token",
+        resource_type: None,
+        id: None,
+        patients,
+        parameter_names: vec![format!("grant_type={grant_type}")],
+        status,
+    };
+    let event = audit_event(None, Some(&claimed_client(&form, &req)), &record);
+    if let Err(e) = state.audit.record(event).await {
+        tracing::error!(error = %e, "could not audit a token request");
+        return oauth_error(&OAuthError::server_error());
+    }
+    oauth_json(result)
+}
+
+/// The client a token request says it comes from (form `client_id`, HTTP Basic user, or the assertion's `iss`),
+/// for the audit trail only: it is recorded whether or not it authenticated.
+fn claimed_client(form: &Form, req: &HttpRequest) -> String {
+    if let Some(id) = form.get("client_id") {
+        return id.to_owned();
+    }
+    if let Some(basic) = authorization(req).and_then(|h| h.strip_prefix("Basic ")) {
+        use base64::Engine as _;
+        if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim())
+            && let Ok(text) = String::from_utf8(decoded)
+            && let Some((id, _)) = text.split_once(':')
+        {
+            return id.to_owned();
+        }
+    }
+    form.get("client_assertion")
+        .and_then(|a| crate::auth::keys::claims_of(a).ok())
+        .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `POST /auth/introspect` (RFC 7662).

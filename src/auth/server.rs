@@ -305,6 +305,15 @@ impl OAuthError {
         OAuthError::new(400, "unsupported_grant_type", d)
     }
 
+    /// The server failed (RFC 6749 §4.1.2.1 `server_error`); details are only in the log.
+    pub fn server_error() -> OAuthError {
+        OAuthError::new(
+            500,
+            "server_error",
+            "the authorization server failed; see its log",
+        )
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Value {
         json!({"error": self.error, "error_description": self.description})

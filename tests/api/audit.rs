@@ -108,3 +108,78 @@ async fn refused_requests_are_audited_too() {
     assert!(outcomes.contains(&"HTTP 401".to_owned()), "{outcomes:?}");
     assert!(outcomes.contains(&"HTTP 403".to_owned()), "{outcomes:?}");
 }
+
+#[tokio::test]
+async fn token_grants_and_refusals_are_audited_with_the_client() {
+    use kap_gateway::auth::registry::{ClientKind, NewClient};
+    let app = spawn_app().await;
+    crate::helpers::registry(&app)
+        .await
+        .add_client(NewClient {
+            client_id: "ops".into(),
+            name: "Ops".into(),
+            kind: ClientKind::ConfidentialSymmetric,
+            secret: Some("a-sufficiently-long-secret".into()),
+            redirect_uris: vec![],
+            allowed_scopes: "system/*.rs".into(),
+            jwks: None,
+            jwks_uri: None,
+        })
+        .await
+        .unwrap();
+    let token = |secret: &'static str| {
+        app.anonymous
+            .post(app.url("/auth/token"))
+            .basic_auth("ops", Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=system%2F*.rs")
+            .send()
+    };
+    assert_eq!(
+        token("a-sufficiently-long-secret")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        token("wrong-secret-but-long-enough")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    let auditor = app.client_for("system/AuditEvent.rs", None).await;
+    let events = app
+        .get_with(
+            &auditor,
+            "/fhir/AuditEvent?subtype=urn:kap-gateway:auth-event|token&_count=50",
+        )
+        .await;
+    let outcomes: Vec<(String, String)> = events.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let r = &e["resource"];
+            (
+                r["outcomeDesc"].as_str().unwrap().to_owned(),
+                r["agent"][0]["who"]["identifier"]["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&("HTTP 200".into(), "ops".into())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("HTTP 401".into(), "ops".into())),
+        "{outcomes:?}"
+    );
+    assert!(!events.text.contains("a-sufficiently-long-secret"));
+}
