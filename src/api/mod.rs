@@ -183,6 +183,29 @@ pub fn create_app(
             crate::error::Error::bad_request(format!("Bad path: {err}")).into()
         }))
         .wrap(actix_web::middleware::from_fn(audit::audit_requests))
+        // Browser-based SMART apps call from other origins. Bearer tokens (never cookies) authorize the FHIR API,
+        // so any origin may call it; the authorization pages are not framed or scripted cross-origin.
+        .wrap(
+            actix_cors::Cors::default()
+                .allow_any_origin()
+                .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
+                .allowed_headers([
+                    actix_web::http::header::AUTHORIZATION,
+                    actix_web::http::header::CONTENT_TYPE,
+                    actix_web::http::header::ACCEPT,
+                    actix_web::http::header::IF_MATCH,
+                    actix_web::http::header::IF_NONE_MATCH,
+                    actix_web::http::header::HeaderName::from_static("if-none-exist"),
+                    actix_web::http::header::HeaderName::from_static("prefer"),
+                ])
+                .expose_headers([
+                    actix_web::http::header::ETAG,
+                    actix_web::http::header::LOCATION,
+                    actix_web::http::header::LAST_MODIFIED,
+                    actix_web::http::header::WWW_AUTHENTICATE,
+                ])
+                .max_age(3600),
+        )
         .wrap(actix_web::middleware::NormalizePath::new(
             actix_web::middleware::TrailingSlash::Trim,
         ))

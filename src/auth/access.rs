@@ -74,7 +74,8 @@ impl Access {
         let denied = |why: String| {
             let mut e =
                 Error::with_issues(ErrorKind::Forbidden, vec![Issue::error("forbidden", why)]);
-            e.www_authenticate = Some("Bearer error=\"insufficient_scope\"".into());
+            e.www_authenticate =
+                Some("Bearer realm=\"kap-gateway\", error=\"insufficient_scope\"".into());
             e
         };
         // Audit trails are for auditors: a wildcard scope is not enough.

@@ -207,3 +207,38 @@ async fn readiness_reports_the_database_and_migrations() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["checks"]["migrations"], "pass");
 }
+
+#[tokio::test]
+async fn browser_apps_on_other_origins_pass_the_cors_preflight() {
+    let app = spawn_app().await;
+    let r = app
+        .anonymous
+        .request(reqwest::Method::OPTIONS, app.url("/fhir/Patient"))
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_some());
+    let r = app
+        .client
+        .get(app.url("/fhir/Patient"))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let exposed = r
+        .headers()
+        .get("access-control-expose-headers")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        exposed.contains("etag") && exposed.contains("location"),
+        "{exposed}"
+    );
+}
