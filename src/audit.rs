@@ -13,7 +13,7 @@ use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::extract::extract;
-use crate::store::{Method, Store};
+use crate::store::{Method, NewResource, Store};
 
 /// Largest number of events committed together.
 const BATCH: usize = 256;
@@ -241,22 +241,20 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>) {
 }
 
 async fn write_batch(store: &Store, batch: &[Pending]) -> std::result::Result<(), String> {
+    let items: Vec<NewResource> = batch
+        .iter()
+        .map(|(event, _)| NewResource {
+            res_type: "AuditEvent".into(),
+            id: uuid::Uuid::new_v4().to_string(),
+            index: extract("AuditEvent", event),
+            resource: event.clone(),
+        })
+        .collect();
     let mut tx = store.begin_write().await.map_err(|e| e.to_string())?;
-    for (event, _) in batch {
-        let index = extract("AuditEvent", event);
-        let id = uuid::Uuid::new_v4().to_string();
-        store
-            .insert(
-                &mut tx,
-                "AuditEvent",
-                &id,
-                event.clone(),
-                &index,
-                Method::Post,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    store
+        .insert_many(&mut tx, items, Method::Post)
+        .await
+        .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())
 }
 

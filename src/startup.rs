@@ -54,6 +54,23 @@ pub fn build_state(
             .auth
             .builtin
             .then(|| crate::auth::server::smart_security_extension(&base_url)),
+        supported_profiles: crate::fhir::profile::resource_profiles()
+            .map(|(t, url)| (t.to_owned(), url.to_owned()))
+            .collect(),
+        type_operations: SUPPORTED_TYPES
+            .iter()
+            .map(|t| {
+                (
+                    (*t).to_owned(),
+                    "validate".to_owned(),
+                    "http://hl7.org/fhir/OperationDefinition/Resource-validate".to_owned(),
+                )
+            })
+            .collect(),
+        read_only_types: crate::fhir::profile::CONFORMANCE_TYPES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
         ..CapabilityInput::default()
     };
     AppState {

@@ -2,6 +2,7 @@
 //! composition of the application (`create_app`) used by `main` and by the tests alike.
 
 pub mod audit;
+pub mod conformance;
 pub mod fhir;
 pub mod guard;
 pub mod health;
@@ -116,6 +117,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/fhir/_history")
             .route(web::get().to(fhir::history_system))
             .default_service(na()),
+    )
+    // $validate and the read-only conformance resources, before the `/fhir/{type}` patterns would take them.
+    .service(
+        web::resource("/fhir/{type}/$validate")
+            .route(web::post().to(conformance::validate_type))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/fhir/{type}/{id}/$validate")
+            .route(web::post().to(conformance::validate_instance))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/fhir/{type:StructureDefinition|CodeSystem|ValueSet}")
+            .route(web::get().to(conformance::search))
+            .default_service(web::route().to(conformance::read_only)),
+    )
+    .service(
+        web::resource("/fhir/{type:StructureDefinition|CodeSystem|ValueSet}/{id}")
+            .route(web::get().to(conformance::read))
+            .default_service(web::route().to(conformance::read_only)),
     )
     .service(
         web::resource("/fhir/{type}")

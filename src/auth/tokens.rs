@@ -17,6 +17,16 @@ use crate::fhir::datetime::now_micros;
 use crate::fhir::outcome::Issue;
 use crate::store::db::{Col, Db, Sql};
 
+/// Verified tokens remembered at most.
+const VERIFIED_CACHE_SIZE: usize = 10_000;
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: i64 = 30;
 
@@ -66,6 +76,9 @@ pub struct Authenticator {
     builtin: bool,
     external_jwks: Arc<RwLock<JwksCache>>,
     http: reqwest::Client,
+    /// Tokens whose signature and claims were verified, by digest: an ES384 check costs far more than the rest of a
+    /// read. Bounded; cleared when full.
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Value>>>,
 }
 
 /// 401 with the RFC 6750 challenge.
@@ -136,6 +149,7 @@ impl Authenticator {
             external,
             builtin: true,
             external_jwks: Arc::new(RwLock::new(JwksCache::default())),
+            verified: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -233,17 +247,43 @@ impl Authenticator {
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, Error> {
-        let mut tx = self.db.begin_read().await?;
+        // Asked of the database on every request, so a revocation made by any replica applies at once.
         let mut sql = Sql::new("SELECT revoked_at FROM issued_tokens WHERE jti = ");
         sql.bind(jti);
-        let rows = tx.fetch(&sql, &[Col::OptInt]).await?;
-        tx.rollback().await?;
+        let rows = self.db.fetch(&sql, &[Col::OptInt]).await?;
         // A token of ours that was never recorded is not trusted either.
         Ok(rows.first().is_none_or(|r| r.opt_int(0).is_some()))
     }
 
     /// Verifies a token of this gateway and returns its claims (signature, iss, aud, exp, nbf, not revoked).
     pub async fn verify_own(&self, token: &str) -> Result<Value, Error> {
+        let digest = token_digest(token);
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&digest).cloned());
+        if let Some(claims) = cached {
+            // The signature and claims were checked before; lifetime and revocation are checked every time.
+            check_times(&claims)?;
+            let jti =
+                claim_str(&claims, "jti").ok_or_else(|| unauthorized("the token has no jti"))?;
+            if self.is_revoked(&jti).await? {
+                return Err(unauthorized("the token has been revoked"));
+            }
+            return Ok(claims);
+        }
+        let claims = self.verify_own_uncached(token).await?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE_SIZE {
+                cache.clear();
+            }
+            cache.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+
+    async fn verify_own_uncached(&self, token: &str) -> Result<Value, Error> {
         let claims = match self.keys.verify(token) {
             Ok(c) => c,
             Err(KeyError::UnknownKey) => {

@@ -6,6 +6,7 @@ pub mod datetime;
 pub mod extract;
 pub mod labels;
 pub mod outcome;
+pub mod profile;
 pub mod registry;
 pub mod search;
 pub mod validate;

@@ -29,6 +29,8 @@ struct EntryRequest {
     resource: Option<Value>,
     if_none_exist: Option<String>,
     if_match: Option<i64>,
+    /// Validation already passed (done before the database transaction began, so it does not hold the lock).
+    prevalidated: bool,
 }
 
 fn entry_path(index: usize) -> String {
@@ -140,6 +142,7 @@ fn parse_entries(bundle: &Value, base: &str) -> Result<Vec<EntryRequest>> {
                 .get("ifNoneExist")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            prevalidated: false,
             if_match: request
                 .get("ifMatch")
                 .and_then(Value::as_str)
@@ -288,6 +291,16 @@ impl FhirService {
             }
         }
 
+        // Validation is the costly part of a write: do it before taking the write lock.
+        for e in entries.iter_mut() {
+            if matches!(e.method.as_str(), "POST" | "PUT")
+                && let Some(resource) = &e.resource
+            {
+                super::validate_for_write(&e.res_type, resource)
+                    .map_err(|err| err.in_context(&entry_path(e.index)))?;
+                e.prevalidated = true;
+            }
+        }
         let mut tx = self.store.begin_write().await?;
         let result = self.transaction_in(&mut tx, access, &mut entries).await;
         match result {
@@ -465,7 +478,11 @@ impl FhirService {
         match e.method.as_str() {
             "POST" => {
                 let resource = e.resource.unwrap_or(Value::Null);
-                let index = self.prepare(&e.res_type, &resource)?;
+                let index = if e.prevalidated {
+                    self.index_only(&e.res_type, &resource)
+                } else {
+                    self.prepare(&e.res_type, &resource)?
+                };
                 let outcome = match self
                     .create_in(
                         tx,
@@ -490,7 +507,11 @@ impl FhirService {
             }
             "PUT" => {
                 let resource = e.resource.unwrap_or(Value::Null);
-                let index = self.prepare(&e.res_type, &resource)?;
+                let index = if e.prevalidated {
+                    self.index_only(&e.res_type, &resource)
+                } else {
+                    self.prepare(&e.res_type, &resource)?
+                };
                 let id = e.id.clone().unwrap_or_default();
                 super::check_id(&id)?;
                 super::check_body_id(&resource, &id)?;

@@ -168,6 +168,16 @@ impl Store {
         Ok(rows.into_iter().next().map(resource_from_row))
     }
 
+    /// The current row of a resource, read outside any transaction (one statement, one round trip).
+    pub async fn current_direct(&self, res_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE res_type = "
+        ));
+        sql.bind(res_type).push(" AND id = ").bind(id);
+        let rows = self.db.fetch(&sql, RESOURCE_KINDS).await?;
+        Ok(rows.into_iter().next().map(resource_from_row))
+    }
+
     /// The current row of a resource, locked against concurrent writers until the transaction ends (PostgreSQL
     /// `FOR UPDATE`; SQLite write transactions are already exclusive). Writers of the same resource then queue
     /// instead of failing on a version race.
@@ -272,7 +282,7 @@ impl Store {
             content: Some(content),
         };
         self.append_history(tx, &stored, method).await?;
-        self.write_index(tx, &stored, index).await?;
+        self.write_index(tx, &stored, index, true).await?;
         Ok(stored)
     }
 
@@ -314,7 +324,7 @@ impl Store {
             ..current.clone()
         };
         self.append_history(tx, &stored, method).await?;
-        self.write_index(tx, &stored, index).await?;
+        self.write_index(tx, &stored, index, false).await?;
         Ok(stored)
     }
 
@@ -344,7 +354,7 @@ impl Store {
             ..current.clone()
         };
         self.append_history(tx, &stored, Method::Delete).await?;
-        self.write_index(tx, &stored, &[]).await?;
+        self.write_index(tx, &stored, &[], false).await?;
         let mut sql = Sql::new("DELETE FROM conditional_keys WHERE res_pk = ");
         sql.bind(current.pk);
         tx.execute(&sql).await?;
@@ -373,48 +383,81 @@ impl Store {
     }
 
     async fn append_history(&self, tx: &mut Tx, r: &StoredResource, method: Method) -> Result<()> {
-        let mut sql = Sql::new(
-            "INSERT INTO resource_history (res_pk, res_type, id, version, last_updated, method, content) VALUES (",
-        );
-        sql.bind(r.pk)
-            .push(", ")
-            .bind(r.res_type.as_str())
-            .push(", ")
-            .bind(r.id.as_str())
-            .push(", ")
-            .bind(r.version)
-            .push(", ")
-            .bind(r.last_updated)
-            .push(", ")
-            .bind(method.as_str())
-            .push(", ")
-            .bind(r.content.clone())
-            .push(")");
-        tx.execute(&sql).await?;
+        self.append_history_many(tx, std::slice::from_ref(r), method)
+            .await
+    }
+
+    /// History rows for several new versions, in multi-row statements.
+    async fn append_history_many(
+        &self,
+        tx: &mut Tx,
+        rows: &[StoredResource],
+        method: Method,
+    ) -> Result<()> {
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(
+                "INSERT INTO resource_history (res_pk, res_type, id, version, last_updated, method, content) VALUES ",
+            );
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(")
+                    .bind(r.pk)
+                    .push(", ")
+                    .bind(r.res_type.as_str())
+                    .push(", ")
+                    .bind(r.id.as_str())
+                    .push(", ")
+                    .bind(r.version)
+                    .push(", ")
+                    .bind(r.last_updated)
+                    .push(", ")
+                    .bind(method.as_str())
+                    .push(", ")
+                    .bind(r.content.clone())
+                    .push(")");
+            }
+            tx.execute(&sql).await?;
+        }
         Ok(())
     }
 
-    /// Replaces the index rows of a resource.
+    /// Replaces the index rows of a resource; a resource just inserted (`fresh`) has none to delete.
     async fn write_index(
         &self,
         tx: &mut Tx,
         r: &StoredResource,
         entries: &[IndexEntry],
+        fresh: bool,
     ) -> Result<()> {
-        for table in INDEX_TABLES {
-            let mut sql = Sql::new(&format!("DELETE FROM {table} WHERE res_pk = "));
-            sql.bind(r.pk);
-            tx.execute(&sql).await?;
+        if !fresh {
+            for table in INDEX_TABLES {
+                let mut sql = Sql::new(&format!("DELETE FROM {table} WHERE res_pk = "));
+                sql.bind(r.pk);
+                tx.execute(&sql).await?;
+            }
         }
-        // Multi-row inserts in chunks: far fewer round trips than one statement per row.
-        const CHUNK: usize = 200;
+        let rows: Vec<IndexRow<'_>> = entries
+            .iter()
+            .map(|e| (r.pk, r.res_type.as_str(), e))
+            .collect();
+        self.insert_index_rows(tx, &rows).await
+    }
+
+    /// Index rows of any number of resources, one multi-row statement per table and chunk: far fewer round trips
+    /// than one statement per row.
+    async fn insert_index_rows(
+        &self,
+        tx: &mut Tx,
+        rows: &[(i64, &str, &IndexEntry)],
+    ) -> Result<()> {
         let by_table = |pred: fn(&IndexValue) -> bool| {
-            entries
-                .iter()
-                .filter(move |e| pred(&e.value))
+            rows.iter()
+                .filter(move |(_, _, e)| pred(&e.value))
                 .collect::<Vec<_>>()
         };
-        let groups: [(&str, &str, Vec<&IndexEntry>); 6] = [
+        let groups: [(&str, &str, Vec<&IndexRow<'_>>); 6] = [
             (
                 "idx_token",
                 "system, code",
@@ -446,19 +489,19 @@ impl Store {
                 by_table(|v| matches!(v, IndexValue::Uri { .. })),
             ),
         ];
-        for (table, cols, rows) in groups {
-            for chunk in rows.chunks(CHUNK) {
+        for (table, cols, group) in groups {
+            for chunk in group.chunks(INSERT_CHUNK) {
                 let mut sql = Sql::new(&format!(
                     "INSERT INTO {table} (res_pk, res_type, param, {cols}) VALUES "
                 ));
-                for (i, e) in chunk.iter().enumerate() {
+                for (i, (pk, res_type, e)) in chunk.iter().enumerate() {
                     if i > 0 {
                         sql.push(", ");
                     }
                     sql.push("(")
-                        .bind(r.pk)
+                        .bind(*pk)
                         .push(", ")
-                        .bind(r.res_type.as_str())
+                        .bind(*res_type)
                         .push(", ")
                         .bind(e.param);
                     for v in index_values(&e.value) {
@@ -470,6 +513,73 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Inserts version 1 of many new resources at once (the audit trail's group commit), with multi-row statements
+    /// for resources, history and indexes. Ids must be new.
+    pub async fn insert_many(
+        &self,
+        tx: &mut Tx,
+        items: Vec<NewResource>,
+        method: Method,
+    ) -> Result<Vec<StoredResource>> {
+        let now = now_micros();
+        let mut prepared: Vec<(StoredResource, Vec<IndexEntry>)> = Vec::with_capacity(items.len());
+        for mut item in items {
+            stamp(&mut item.resource, &item.id, 1, now);
+            let content = serde_json::to_string(&item.resource)?;
+            prepared.push((
+                StoredResource {
+                    pk: 0,
+                    res_type: item.res_type,
+                    id: item.id,
+                    version: 1,
+                    last_updated: now,
+                    deleted: false,
+                    content: Some(content),
+                },
+                item.index,
+            ));
+        }
+        for chunk in prepared.chunks_mut(INSERT_CHUNK) {
+            let mut sql = Sql::new(
+                "INSERT INTO resources (res_type, id, version, last_updated, deleted, content) VALUES ",
+            );
+            for (i, (r, _)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(")
+                    .bind(r.res_type.as_str())
+                    .push(", ")
+                    .bind(r.id.as_str())
+                    .push(", 1, ")
+                    .bind(now)
+                    .push(", 0, ")
+                    .bind(r.content.clone())
+                    .push(")");
+            }
+            // Keys come back matched by id: neither database promises the order of RETURNING rows.
+            sql.push(" RETURNING pk, res_type, id");
+            let keys = tx.fetch(&sql, &[Col::Int, Col::Text, Col::Text]).await?;
+            for row in keys {
+                let (pk, t, id) = (row.int(0), row.text(1), row.text(2));
+                if let Some((r, _)) = chunk
+                    .iter_mut()
+                    .find(|(r, _)| r.id == id && r.res_type == t)
+                {
+                    r.pk = pk;
+                }
+            }
+        }
+        let stored: Vec<StoredResource> = prepared.iter().map(|(r, _)| r.clone()).collect();
+        self.append_history_many(tx, &stored, method).await?;
+        let rows: Vec<IndexRow<'_>> = prepared
+            .iter()
+            .flat_map(|(r, entries)| entries.iter().map(move |e| (r.pk, r.res_type.as_str(), e)))
+            .collect();
+        self.insert_index_rows(tx, &rows).await?;
+        Ok(stored)
     }
 
     /// History of one resource, one type or the whole server, newest first.
@@ -536,6 +646,21 @@ impl HistoryScope<'_> {
         }
         sql
     }
+}
+
+/// One index row to write: the resource's key and type, and the entry.
+type IndexRow<'a> = (i64, &'a str, &'a IndexEntry);
+
+/// Rows per multi-row INSERT (well under both databases' limits on bound parameters).
+const INSERT_CHUNK: usize = 200;
+
+/// A resource to insert with [`Store::insert_many`].
+#[derive(Debug, Clone)]
+pub struct NewResource {
+    pub res_type: String,
+    pub id: String,
+    pub resource: Value,
+    pub index: Vec<IndexEntry>,
 }
 
 const INDEX_TABLES: [&str; 6] = [

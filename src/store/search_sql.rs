@@ -241,11 +241,16 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
 
 /// The SQL condition for one criterion on the resource aliased `alias`, whose type is `resource_type` when known
 /// (a chain with several target types leaves it open).
+///
+/// One criterion of a search `drive`s it: written as `pk IN (…)`, the planner starts from its index rows. The
+/// others are correlated `EXISTS` checks on the rows found that way; written as `IN` too, both planners may instead
+/// scan every resource of the type or re-read the other index over and over.
 fn criterion_condition(
     sql: &mut Sql,
     resource_type: Option<&str>,
     criterion: &Criterion,
     alias: &str,
+    drive: bool,
 ) {
     // Restricting the index rows by type lets both databases use the (res_type, param, value) indexes.
     let type_filter = |sql: &mut Sql, col: &str| {
@@ -254,9 +259,16 @@ fn criterion_condition(
         }
     };
     if let Some(chain) = &criterion.chain {
-        sql.push(&format!(
-            "{alias}.pk IN (SELECT cx.res_pk FROM idx_reference cx JOIN resources ct ON ct.res_type = cx.target_type AND ct.id = cx.target_id AND ct.deleted = 0 WHERE cx.param = "
-        ));
+        let join = "idx_reference cx JOIN resources ct ON ct.res_type = cx.target_type AND ct.id = cx.target_id AND ct.deleted = 0";
+        if drive {
+            sql.push(&format!(
+                "{alias}.pk IN (SELECT cx.res_pk FROM {join} WHERE cx.param = "
+            ));
+        } else {
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM {join} WHERE cx.res_pk = {alias}.pk AND cx.param = "
+            ));
+        }
         sql.bind(chain.reference.name);
         type_filter(sql, "cx.res_type");
         sql.push(" AND cx.target_type IN (")
@@ -266,7 +278,7 @@ fn criterion_condition(
             [only] => Some(only.as_str()),
             _ => None,
         };
-        criterion_condition(sql, inner_type, &chain.inner, "ct");
+        criterion_condition(sql, inner_type, &chain.inner, "ct", true);
         sql.push(")");
         return;
     }
@@ -309,10 +321,17 @@ fn criterion_condition(
         Target::Param(def) => {
             let table = index_table(def.kind);
             let subquery = |sql: &mut Sql, negate: bool| {
-                let op = if negate { "NOT IN" } else { "IN" };
-                sql.push(&format!(
-                    "{alias}.pk {op} (SELECT x.res_pk FROM {table} x WHERE x.param = "
-                ));
+                if drive {
+                    let op = if negate { "NOT IN" } else { "IN" };
+                    sql.push(&format!(
+                        "{alias}.pk {op} (SELECT x.res_pk FROM {table} x WHERE x.param = "
+                    ));
+                } else {
+                    let op = if negate { "NOT EXISTS" } else { "EXISTS" };
+                    sql.push(&format!(
+                        "{op} (SELECT 1 FROM {table} x WHERE x.res_pk = {alias}.pk AND x.param = "
+                    ));
+                }
                 sql.bind(def.name);
                 type_filter(sql, "x.res_type");
             };
@@ -352,9 +371,23 @@ fn where_clause(q: &SearchQuery) -> Sql {
     let mut sql = Sql::new("r.res_type = ");
     sql.bind(q.resource_type.as_str())
         .push(" AND r.deleted = 0");
-    for c in &q.criteria {
+    // The patient compartment, when there is one, drives; otherwise the first positive reference criterion (usually
+    // the most selective: one patient's data), else the first positive criterion.
+    let positive = |c: &&Criterion| {
+        !matches!(c.modifier, Modifier::Not | Modifier::Missing(_))
+            && matches!(c.target, Target::Param(_))
+    };
+    let driver = if q.compartment.is_some() {
+        None
+    } else {
+        q.criteria
+            .iter()
+            .position(|c| positive(&c) && c.target.kind() == ParamKind::Reference)
+            .or_else(|| q.criteria.iter().position(|c| positive(&c)))
+    };
+    for (i, c) in q.criteria.iter().enumerate() {
         sql.push(" AND ");
-        criterion_condition(&mut sql, Some(&q.resource_type), c, "r");
+        criterion_condition(&mut sql, Some(&q.resource_type), c, "r", Some(i) == driver);
     }
     if !q.any_of.is_empty() {
         sql.push(" AND (");
@@ -365,7 +398,7 @@ fn where_clause(q: &SearchQuery) -> Sql {
             sql.push("(1 = 1");
             for c in set {
                 sql.push(" AND ");
-                criterion_condition(&mut sql, Some(&q.resource_type), c, "r");
+                criterion_condition(&mut sql, Some(&q.resource_type), c, "r", false);
             }
             sql.push(")");
         }
