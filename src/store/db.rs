@@ -104,10 +104,7 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
-                .foreign_keys(true)
-                // Memory-mapped reads avoid a copy per page; the page cache is per connection.
-                .pragma("mmap_size", "268435456")
-                .pragma("cache_size", "-32768");
+                .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_with(options)

@@ -333,7 +333,11 @@ fn criterion_condition(
                     ));
                 }
                 sql.bind(def.name);
-                type_filter(sql, "x.res_type");
+                // A correlated check must look rows up by res_pk; with the type constrained too, SQLite's planner
+                // prefers the (res_type, param, value) index and re-reads every matching row for each resource.
+                if drive {
+                    type_filter(sql, "x.res_type");
+                }
             };
             match criterion.modifier {
                 Modifier::Missing(missing) => {
