@@ -709,53 +709,36 @@ impl FhirService {
             .get("id")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        match matches.as_slice() {
-            [] => {
-                let id = match body_id {
-                    Some(id) => {
-                        check_id(&id)?;
-                        id
-                    }
-                    None => uuid::Uuid::new_v4().to_string(),
-                };
-                self.update_in(
-                    tx,
-                    access,
-                    res_type,
-                    &id,
-                    resource,
-                    index,
-                    if_match,
-                    Method::Put,
-                )
-                .await
+        let id = match (matches.as_slice(), body_id) {
+            ([], Some(id)) => {
+                check_id(&id)?;
+                id
             }
-            [one] => {
-                if let Some(bid) = &body_id
-                    && bid != &one.id
-                {
-                    return Err(Error::bad_request(format!(
-                        "The resource id '{bid}' does not match the id '{}' of the {res_type} the criteria found",
-                        one.id
-                    )));
-                }
-                let id = one.id.clone();
-                self.update_in(
-                    tx,
-                    access,
-                    res_type,
-                    &id,
-                    resource,
-                    index,
-                    if_match,
-                    Method::Put,
-                )
-                .await
+            ([], None) => uuid::Uuid::new_v4().to_string(),
+            ([one], Some(bid)) if bid != one.id => {
+                return Err(Error::bad_request(format!(
+                    "The resource id '{bid}' does not match the id '{}' of the {res_type} the criteria found",
+                    one.id
+                )));
             }
-            _ => Err(Error::precondition_failed(format!(
-                "The conditional update criteria matched several {res_type} resources"
-            ))),
-        }
+            ([one], _) => one.id.clone(),
+            _ => {
+                return Err(Error::precondition_failed(format!(
+                    "The conditional update criteria matched several {res_type} resources"
+                )));
+            }
+        };
+        self.update_in(
+            tx,
+            access,
+            res_type,
+            &id,
+            resource,
+            index,
+            if_match,
+            Method::Put,
+        )
+        .await
     }
 
     /// delete: https://hl7.org/fhir/R4/http.html#delete. Deleting what is already deleted succeeds (idempotent).
