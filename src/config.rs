@@ -231,7 +231,11 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
-        fig = fig.merge(Env::prefixed("KAPGW_").ignore(&["test_postgres_url", "config"]));
+        // KAPGW_CONFIG names the file; KAPGW_TEST_* and KAPGW_BENCH_* steer the test suite and the benchmark.
+        fig = fig.merge(Env::prefixed("KAPGW_").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key != "config" && !key.starts_with("test_") && !key.starts_with("bench_")
+        }));
         fig = fig.merge(Serialized::defaults(overrides));
         fig.extract().map_err(Box::new)
     }
