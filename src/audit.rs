@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::fhir::extract::extract;
+use crate::fhir::extract::{extract, extract_params};
 use crate::store::{Method, NewResource, Store};
 
 /// Largest number of events committed together.
@@ -71,9 +71,8 @@ pub fn patients_of(resource_type: &str, resource: &Value) -> Vec<String> {
             .unwrap_or_default();
     }
     let params = crate::fhir::registry::patient_compartment_params(resource_type);
-    let mut out: Vec<String> = extract(resource_type, resource)
+    let mut out: Vec<String> = extract_params(resource_type, resource, |p| params.contains(&p))
         .into_iter()
-        .filter(|e| params.contains(&e.param))
         .filter_map(|e| match e.value {
             crate::fhir::extract::IndexValue::Reference {
                 target_type: Some(t),

@@ -41,6 +41,19 @@ fn audited(
     resp
 }
 
+/// The response to a create or update, with the patients it concerns for the audit trail.
+fn written(
+    req: &HttpRequest,
+    state: &AppState,
+    out: &crate::service::WriteOutcome,
+) -> HttpResponse {
+    audited(
+        write_response(req, &state.base_url, &out.resource, out.created),
+        &[&out.resource],
+        None,
+    )
+}
+
 const JSON_TYPES: &[&str] = &[
     "application/fhir+json",
     "application/json",
@@ -146,11 +159,7 @@ pub async fn create(
         .fhir
         .create(&access, &res_type, body, if_none_exist.as_deref())
         .await?;
-    Ok(audited(
-        write_response(&req, &state.base_url, &out.resource, out.created),
-        &[&out.resource],
-        None,
-    ))
+    Ok(written(&req, &state, &out))
 }
 
 /// update: `PUT /fhir/{type}/{id}` (update-as-create allowed) — https://hl7.org/fhir/R4/http.html#update
@@ -168,11 +177,7 @@ pub async fn update(
         .fhir
         .update(&access, &res_type, &id, body, if_match(&req)?)
         .await?;
-    Ok(audited(
-        write_response(&req, &state.base_url, &out.resource, out.created),
-        &[&out.resource],
-        None,
-    ))
+    Ok(written(&req, &state, &out))
 }
 
 /// conditional update: `PUT /fhir/{type}?criteria` — https://hl7.org/fhir/R4/http.html#cond-update
@@ -191,11 +196,7 @@ pub async fn conditional_update(
         .fhir
         .conditional_update(&access, &res_type, &params, body, if_match(&req)?)
         .await?;
-    Ok(audited(
-        write_response(&req, &state.base_url, &out.resource, out.created),
-        &[&out.resource],
-        None,
-    ))
+    Ok(written(&req, &state, &out))
 }
 
 /// patch: `PATCH /fhir/{type}/{id}` with JSON Patch — https://hl7.org/fhir/R4/http.html#patch
@@ -214,11 +215,7 @@ pub async fn patch(
         .fhir
         .patch(&access, &res_type, &id, patch, if_match(&req)?)
         .await?;
-    Ok(audited(
-        write_response(&req, &state.base_url, &out.resource, out.created),
-        &[&out.resource],
-        None,
-    ))
+    Ok(written(&req, &state, &out))
 }
 
 fn delete_response(req: &HttpRequest, message: String, etag: Option<String>) -> HttpResponse {

@@ -75,11 +75,21 @@ pub struct IndexEntry {
 /// duplicates. `_id` and `_lastUpdated` are left out because the store keeps both itself. An
 /// unsupported type gets the common parameters only. Odd input yields fewer entries, never a panic.
 pub fn extract(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
+    extract_params(resource_type, resource, |_| true)
+}
+
+/// Like [`extract`], for only the parameters `wanted` accepts (e.g. the patient-compartment references), without
+/// walking the paths of the others.
+pub fn extract_params(
+    resource_type: &str,
+    resource: &Value,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<IndexEntry> {
     let own = registry::type_params(resource_type).unwrap_or_default();
     let mut seen = HashSet::new();
     let mut entries = Vec::new();
     for def in own.iter().chain(registry::common_params()) {
-        if matches!(def.name, "_id" | "_lastUpdated") {
+        if matches!(def.name, "_id" | "_lastUpdated") || !wanted(def.name) {
             continue;
         }
         for path in def.paths {
