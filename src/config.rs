@@ -41,6 +41,9 @@ pub struct Config {
     /// Authorization: token lifetimes and an optional external issuer (`[auth]`).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The KAP API's clinical settings (`[kap]`): dosing limits per route.
+    #[serde(default)]
+    pub kap: crate::kap::rules::KapSettings,
 }
 
 /// `[auth]`: the built-in SMART authorization server and trust of an external one.
@@ -107,6 +110,7 @@ impl Default for Config {
             clients: Vec::new(),
             users: Vec::new(),
             auth: AuthConfig::default(),
+            kap: crate::kap::rules::KapSettings::default(),
         }
     }
 }

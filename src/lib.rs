@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod kap;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -73,10 +73,12 @@ pub fn build_state(
             .collect(),
         ..CapabilityInput::default()
     };
+    let fhir = FhirService::new(store.clone(), base_url.clone());
     AppState {
         config: config.clone(),
-        base_url: base_url.clone(),
-        fhir: FhirService::new(store.clone(), base_url),
+        base_url,
+        kap: crate::kap::service::KapService::new(fhir.clone(), config.kap.clone()),
+        fhir,
         audit: crate::audit::AuditLog::start(store.clone()),
         store,
         capability,

@@ -36,6 +36,10 @@ fn interaction(method: &Method, pattern: &str) -> Option<&'static str> {
         ("PATCH", _) => "patch",
         ("DELETE", _) => "delete",
         ("POST", "/fhir") => "transaction",
+        ("GET", p) if p.starts_with("/kap/v1/") && p.ends_with("{id}") => "read",
+        ("GET", p) if p.starts_with("/kap/v1/") => "search-type",
+        ("POST", p) if p.starts_with("/kap/v1/") => "create",
+        _ if pattern.starts_with("/kap/") => "operation",
         _ if pattern.starts_with("/fhir/") || pattern == "/fhir" => "operation",
         _ => return None,
     })

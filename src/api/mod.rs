@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod fhir;
 pub mod guard;
 pub mod health;
+pub mod kap;
 pub mod oauth;
 pub mod response;
 
@@ -24,6 +25,7 @@ pub struct AppState {
     pub base_url: String,
     pub store: Store,
     pub fhir: FhirService,
+    pub kap: crate::kap::service::KapService,
     pub capability: CapabilityInput,
     pub auth: Authenticator,
     pub audit: crate::audit::AuditLog,
@@ -31,6 +33,7 @@ pub struct AppState {
 
 /// Registers every route on `cfg`. Paths with a fixed segment come before the patterns they would otherwise match.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    kap::routes(cfg);
     let na = || web::route().to(fhir::method_not_allowed);
     cfg.service(
         web::resource("/health/live")
