@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::codes;
 use super::fhirjson::{as_f64, compare_times, parse_instant};
-use super::mapping::{dose_mg, reading_values};
+use super::mapping::reading_values;
 use super::model::*;
 use crate::error::Error;
 use crate::fhir::outcome::Issue;
@@ -580,7 +580,6 @@ fn check_dose(issues: &mut Issues, d: &Dosing, settings: &KapSettings) {
             ),
         );
     }
-    let _ = dose_mg(dose);
 }
 
 pub fn check_integration(s: &Integration) -> Result<(), Error> {

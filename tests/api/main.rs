@@ -7,6 +7,7 @@ mod audit;
 mod errors;
 mod fhir_search;
 mod fhir_write;
+mod kap;
 mod profiles;
 mod r4_examples;
 mod smart_enforcement;
