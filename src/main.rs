@@ -44,6 +44,22 @@ enum Command {
     ///
     /// Example: kap-gateway launch --patient alice --encounter enc-1
     Launch(LaunchArgs),
+    /// Load demo data: `seed --demo` writes a synthetic KAP cohort through the KAP API's code path (complete and
+    /// partial courses, every route, adverse events, responders and non-responders) and registers demo clients and
+    /// users to try every endpoint with. For trying the gateway out, never for a clinic's real database.
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SeedArgs {
+    /// Load the demo cohort (required: seeding has no other mode yet).
+    #[arg(long)]
+    demo: bool,
+    /// Number of demo patients.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    patients: usize,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,6 +273,7 @@ async fn main() -> ExitCode {
         Some(Command::Users(command)) => users(&cli, command).await,
         Some(Command::Keys(command)) => keys(&cli, command).await,
         Some(Command::Launch(args)) => launch(&cli, args).await,
+        Some(Command::Seed(args)) => seed(&cli, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -305,6 +322,108 @@ async fn open_store(
     kap_gateway::telemetry::init(&config.log_level, &config.log_format);
     let opened = connect_store(&config).await.map_err(|e| format!("{e:#}"))?;
     Ok((config, opened))
+}
+
+/// The demo clients and users `seed --demo` registers (documented in the README; demo credentials only).
+const DEMO_SECRET: &str = "kap-demo-secret-0001";
+const DEMO_PASSWORD: &str = "kap-demo-password";
+
+async fn seed(cli: &Cli, args: &SeedArgs) -> Result<(), String> {
+    if !args.demo {
+        return Err("nothing to do: use `kap-gateway seed --demo` to load the demo cohort".into());
+    }
+    let (config, store) = open_store(cli, &args.store).await?;
+    let registry = Registry::new(store.db.clone());
+    let demo_redirect = "http://localhost:9000/callback".to_owned();
+    for client in [
+        NewClient {
+            client_id: "kap-demo-backend".into(),
+            name: "KAP demo backend service".into(),
+            kind: ClientKind::ConfidentialSymmetric,
+            secret: Some(DEMO_SECRET.into()),
+            redirect_uris: vec![demo_redirect.clone()],
+            allowed_scopes: format!(
+                "system/*.cruds system/AuditEvent.rs {}",
+                kap_gateway::auth::access::PSYCHOTHERAPY_SCOPE
+            ),
+            jwks: None,
+            jwks_uri: None,
+        },
+        NewClient {
+            client_id: "kap-demo-app".into(),
+            name: "KAP demo app".into(),
+            kind: ClientKind::Public,
+            secret: None,
+            redirect_uris: vec![demo_redirect.clone()],
+            allowed_scopes: format!(
+                "openid fhirUser launch launch/patient offline_access patient/*.rs user/*.cruds {}",
+                kap_gateway::auth::access::PSYCHOTHERAPY_SCOPE
+            ),
+            jwks: None,
+            jwks_uri: None,
+        },
+    ] {
+        registry
+            .upsert_client(client)
+            .await
+            .map_err(registry_error)?;
+    }
+    for (user, role) in [
+        ("demo-clinician", Role::Clinician),
+        ("demo-therapist", Role::Therapist),
+        ("demo-admin", Role::Admin),
+    ] {
+        registry
+            .upsert_user(
+                user,
+                DEMO_PASSWORD,
+                role,
+                Some("Practitioner/demo-psychiatrist"),
+            )
+            .await
+            .map_err(registry_error)?;
+    }
+    let fhir = kap_gateway::service::FhirService::new(store.clone(), config.fhir_base_url());
+    // The clinician the demo records name.
+    fhir.process_bundle(
+        &kap_gateway::auth::access::Access::internal(),
+        serde_json::json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [{
+                "resource": {
+                    "resourceType": "Practitioner", "id": "demo-psychiatrist",
+                    "name": [{ "family": "Lee", "given": ["Jordan"], "prefix": ["Dr."] }]
+                },
+                "request": { "method": "PUT", "url": "Practitioner/demo-psychiatrist" }
+            }]
+        }),
+    )
+    .await
+    .map_err(|e| format!("cannot write the demo practitioner: {}", e.outcome()))?;
+    let kap = kap_gateway::kap::service::KapService::new(fhir, config.kap.clone());
+    let started = std::time::Instant::now();
+    let report = kap_gateway::kap::seed::demo_cohort(&kap, args.patients)
+        .await
+        .map_err(|e| format!("seeding failed: {}", e.outcome()))?;
+    if report.already_loaded {
+        println!("the demo cohort is already loaded; demo clients and users were refreshed");
+    } else {
+        println!(
+            "loaded {} demo patients and {} KAP records in {:.1} s",
+            report.patients,
+            report.records,
+            started.elapsed().as_secs_f64()
+        );
+        if let Some(first) = report.patient_ids.first() {
+            println!("first patient: {first}  (GET /kap/v1/patients/{first}/course)");
+        }
+    }
+    println!(
+        "demo backend client: kap-demo-backend / {DEMO_SECRET} (client_credentials, system scopes)\n\
+         demo app: kap-demo-app (public, PKCE, redirect {demo_redirect})\n\
+         demo users: demo-clinician, demo-therapist, demo-admin / {DEMO_PASSWORD}"
+    );
+    Ok(())
 }
 
 async fn launch(cli: &Cli, args: &LaunchArgs) -> Result<(), String> {

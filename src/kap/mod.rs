@@ -9,4 +9,5 @@ pub mod fhirjson;
 pub mod mapping;
 pub mod model;
 pub mod rules;
+pub mod seed;
 pub mod service;

@@ -831,3 +831,72 @@ async fn existing_fhir_patients_are_linked_and_fhir_writes_show_up_in_the_kap_ap
     assert_eq!(sessions[0]["route"], "intranasal");
     assert_eq!(sessions[0]["dose"]["mg"], 56);
 }
+
+#[tokio::test]
+async fn seed_demo_loads_a_cohort_through_the_kap_api() {
+    let app = spawn_app().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kap-gateway"))
+        .args([
+            "seed",
+            "--demo",
+            "--patients",
+            "8",
+            "--database-url",
+            &app.database_url,
+        ])
+        .env_remove("KAPGW_DATABASE_URL")
+        .output()
+        .expect("run seed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "seed failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("loaded 8 demo patients"), "{stdout}");
+    let patients = app
+        .search_ids("Patient?identifier=urn:kap-gateway:demo|&_count=100")
+        .await;
+    assert_eq!(patients.len(), 8);
+    let mut statuses = Vec::new();
+    let mut routes = Vec::new();
+    let mut adverse = 0;
+    for pid in &patients {
+        let v = kget(&app, &format!("/kap/v1/patients/{pid}/course")).await;
+        assert_eq!(v.status, 200, "{}", v.text);
+        statuses.push(v.body["status"].as_str().unwrap().to_owned());
+        for d in v.body["doses"].as_array().unwrap() {
+            routes.push(d["route"].as_str().unwrap().to_owned());
+        }
+        adverse += v.body["adverse_events"].as_array().unwrap().len();
+    }
+    for s in ["completed", "active", "revoked", "draft"] {
+        assert!(
+            statuses.iter().any(|x| x == s),
+            "no {s} course in {statuses:?}"
+        );
+    }
+    for r in ["iv", "im", "intranasal", "sublingual", "oral"] {
+        assert!(routes.iter().any(|x| x == r), "no {r} dose in {routes:?}");
+    }
+    assert!(adverse > 0);
+    // Running it again does not duplicate the cohort.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_kap-gateway"))
+        .args([
+            "seed",
+            "--demo",
+            "--patients",
+            "8",
+            "--database-url",
+            &app.database_url,
+        ])
+        .output()
+        .expect("run seed");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already loaded"));
+    assert_eq!(
+        app.search_ids("Patient?identifier=urn:kap-gateway:demo|&_count=100")
+            .await
+            .len(),
+        8
+    );
+}
