@@ -161,7 +161,7 @@ async fn seed_patient(
         "family_name": format!("{}{suffix}", FAMILY[k]),
         "given_names": [GIVEN[k]],
         "birth_date": format!("{}-{:02}-{:02}", 1962 + (i * 7) % 38, 1 + (i * 5) % 12, 1 + (i * 11) % 28),
-        "gender": if i % 2 == 0 { "female" } else { "male" },
+        "gender": if i.is_multiple_of(2) { "female" } else { "male" },
         "identifiers": [
             { "system": DEMO_SYSTEM, "value": format!("demo-{:02}", i + 1) },
             { "system": "urn:oid:2.16.840.1.113883.19.5", "value": format!("MRN-{:06}", 410 + i) }
@@ -216,12 +216,12 @@ async fn seed_patient(
             "clinician": clinician,
             "start": at(day0, 9, 0),
             "end": at(day0, 10, 30),
-            "diagnoses": [{ "system": "icd-10-cm", "code": if i % 3 == 0 { "F33.2" } else { "F33.1" },
-                            "display": if i % 3 == 0 { "Major depressive disorder, recurrent severe without psychotic features" } else { "Major depressive disorder, recurrent, moderate" } }],
+            "diagnoses": [{ "system": "icd-10-cm", "code": if i.is_multiple_of(3) { "F33.2" } else { "F33.1" },
+                            "display": if i.is_multiple_of(3) { "Major depressive disorder, recurrent severe without psychotic features" } else { "Major depressive disorder, recurrent, moderate" } }],
             "scores": [
                 { "instrument": "phq-9", "value": baseline, "time": at(day0, 9, 15) },
                 { "instrument": "gad-7", "value": 8 + (i % 10) as i64, "time": at(day0, 9, 15) },
-                { "instrument": "c-ssrs", "value": if i % 4 == 0 { "low" } else { "none" }, "time": at(day0, 9, 20) }
+                { "instrument": "c-ssrs", "value": if i.is_multiple_of(4) { "low" } else { "none" }, "time": at(day0, 9, 20) }
             ],
             "vitals": { "time": at(day0, 9, 5), "systolic": if hypertension { 168 } else { 118 + (i % 15) as i64 },
                         "diastolic": if hypertension { 104 } else { 76 + (i % 9) as i64 }, "heart_rate": 64 + (i % 20) as i64,
@@ -275,7 +275,7 @@ async fn seed_patient(
             );
             aes.push(json!({ "kind": "emergence-reaction", "severity": if s == 1 { "severe" } else { "moderate" },
                              "time": at(day, 11, 0), "action_taken": "Reassurance; midazolam 1 mg." }));
-        } else if (i + s as usize) % 5 == 0 {
+        } else if (i + s as usize).is_multiple_of(5) {
             aes.push(
                 json!({ "kind": "nausea", "severity": "mild", "time": at(day, 10, 50),
                              "action_taken": "Ondansetron 4 mg." }),
@@ -308,7 +308,7 @@ async fn seed_patient(
                     { "instrument": "moaas", "value": 4 + (s % 2) as i64, "time": at(day, 11, 20) }
                 ],
                 "adverse_events": aes,
-                "set_and_setting": { "music": true, "eye_mask": (i + s as usize) % 3 != 0, "support_person_present": i % 4 == 0 },
+                "set_and_setting": { "music": true, "eye_mask": !(i + s as usize).is_multiple_of(3), "support_person_present": i.is_multiple_of(4) },
                 "discharge": { "time": at(day, 12, 10), "criteria_met": true, "escort_present": true },
             }),
             report,
