@@ -308,12 +308,13 @@ impl KapService {
     }
 
     /// The course a session is recorded against: the one named, or the patient's active course. It must belong to
-    /// the patient and be active.
+    /// the patient and, for a new session, be active (a correction of an existing record is allowed in any state).
     async fn session_course(
         &self,
         access: &Access,
         patient: &str,
         course_id: Option<&str>,
+        require_active: bool,
     ) -> Result<(Value, i64)> {
         let (plan, version) = match course_id {
             Some(id) => match self.read_versioned(access, "CarePlan", id).await {
@@ -356,7 +357,7 @@ impl KapService {
             ));
         }
         let status = plan["status"].as_str().unwrap_or("unknown");
-        if status != "active" {
+        if require_active && status != "active" {
             return Err(unprocessable(
                 "course_id",
                 format!(
@@ -689,6 +690,7 @@ impl KapService {
                     access,
                     patient,
                     rec.fields().course_id.or(old.and_then(|(_, c)| c)),
+                    old.is_none(),
                 )
                 .await?;
             let course_id = str_of(&plan["id"]).unwrap_or_default();

@@ -326,6 +326,25 @@ async fn a_course_end_to_end_with_plan_lifecycle_and_course_view() {
         "{}",
         late.diagnostics()
     );
+    // A record in the finished course can still be corrected, without reopening it.
+    let mut corrected = record("dosing");
+    corrected["notes"] = json!("Corrected: cannula in the right forearm.");
+    let fix = kput(
+        &app,
+        &format!("/kap/v1/dosing-sessions/{}", d1["id"].as_str().unwrap()),
+        &corrected,
+    )
+    .await;
+    assert_eq!(fix.status, 200, "{}", fix.text);
+    assert_eq!(
+        fix.body["notes"],
+        "Corrected: cannula in the right forearm."
+    );
+    let plan = app.get(&format!("/fhir/CarePlan/{course}")).await;
+    assert_eq!(
+        plan.body["status"], "completed",
+        "a correction does not reopen the course"
+    );
 }
 
 #[tokio::test]
