@@ -22,7 +22,8 @@ pub struct AuditInfo {
 }
 
 /// The FHIR interaction of a route pattern and method, or `None` for routes that are not audited (public ones).
-fn interaction(method: &Method, pattern: &str) -> Option<&'static str> {
+/// Also names the interaction of the request's trace span.
+pub(crate) fn interaction(method: &Method, pattern: &str) -> Option<&'static str> {
     Some(match (method.as_str(), pattern) {
         (_, "/fhir/metadata") => return None,
         ("GET", "/fhir/{type}/{id}") => "read",
