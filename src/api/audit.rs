@@ -88,7 +88,8 @@ pub async fn audit_requests(
         status: res.status().as_u16(),
     };
     let event = audit_event(access.as_ref(), None, &record);
-    if let Err(e) = state.audit.record(event).await {
+    let span = tracing::info_span!("audit.write", fhir.interaction = record.interaction);
+    if let Err(e) = tracing::Instrument::instrument(state.audit.record(event), span).await {
         // Nothing leaves unaudited: the caller gets a 500 instead of the data.
         let e: Error = e;
         return Err(e.into());
