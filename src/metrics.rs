@@ -261,7 +261,57 @@ impl Metrics {
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "could not encode the metrics");
         }
-        out
+        describe_empty_families(out)
+    }
+}
+
+/// Families that have no series yet (no EHR configured, no token requested) are left out by the encoder; they are
+/// described anyway (HELP and TYPE without samples, as the text format allows) so that dashboards and alerts can
+/// be set up before the first value.
+fn describe_empty_families(out: String) -> String {
+    const FAMILIES: [(&str, &str, &str); 6] = [
+        (
+            "outbox_depth",
+            "gauge",
+            "Messages waiting in the EHR outbox, per EHR.",
+        ),
+        (
+            "outbox_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest message waiting in the EHR outbox, per EHR.",
+        ),
+        (
+            "ehr_requests",
+            "counter",
+            "Requests to EHRs, per EHR and outcome (success, error).",
+        ),
+        (
+            "tokens_issued",
+            "counter",
+            "Access tokens issued by the built-in authorization server, by grant type.",
+        ),
+        (
+            "tokens_refused",
+            "counter",
+            "Token requests refused by the built-in authorization server, by grant type and OAuth error.",
+        ),
+        (
+            "http_requests",
+            "counter",
+            "HTTP requests answered, by method, route template and status.",
+        ),
+    ];
+    let mut missing = String::new();
+    for (name, kind, help) in FAMILIES {
+        if !out.contains(&format!("# TYPE kapgw_{name} ")) {
+            missing.push_str(&format!(
+                "# HELP kapgw_{name} {help}\n# TYPE kapgw_{name} {kind}\n"
+            ));
+        }
+    }
+    match out.rfind("# EOF") {
+        Some(at) => format!("{}{missing}{}", &out[..at], &out[at..]),
+        None => out + &missing,
     }
 }
 

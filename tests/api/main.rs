@@ -7,6 +7,8 @@ mod audit;
 mod errors;
 mod fhir_search;
 mod fhir_write;
+mod observability;
+mod openapi_routes;
 mod profiles;
 mod r4_examples;
 mod smart_enforcement;
