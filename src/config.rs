@@ -288,6 +288,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail returns its own error type
     fn a_double_underscore_sets_a_key_of_a_table() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("KAPGW_AUTH__ACCESS_TOKEN_SECS", "900");

@@ -23,6 +23,8 @@ use crate::workers::Stage;
 pub struct Application {
     port: u16,
     server: Server,
+    /// A second handle on the listening socket, to stop new connections before the server stops (see `run_until`).
+    listener: Option<TcpListener>,
     pub state: AppState,
 }
 
@@ -161,10 +163,12 @@ impl Application {
         if config.http_workers > 0 {
             server = server.workers(config.http_workers);
         }
+        let control = listener.try_clone().ok();
         let server = server.listen(listener)?.run();
         Ok(Application {
             port,
             server,
+            listener: control,
             state,
         })
     }
@@ -185,7 +189,12 @@ impl Application {
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let Application { server, state, .. } = self;
+        let Application {
+            server,
+            state,
+            listener,
+            ..
+        } = self;
         let handle = server.handle();
         let workers = state.workers.clone();
         let db = state.store.db.clone();
@@ -207,6 +216,16 @@ impl Application {
             "shutting down: no new connections; finishing in-flight requests and background work"
         );
         workers.signal(Stage::Background);
+        // actix drops the connections it has accepted but not yet handed to a worker when it stops: first refuse
+        // new connections (shutting the listening socket down makes further connects fail at once instead of
+        // waiting in the backlog), give the workers a moment to take up what was already accepted, then stop.
+        if let Some(listener) = listener {
+            let socket = socket2::Socket::from(listener);
+            if let Err(e) = socket.shutdown(std::net::Shutdown::Read) {
+                tracing::debug!(error = %e, "could not shut the listening socket down");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let stop_http = handle.stop(true);
         let (result, (), late) = tokio::join!(
             &mut server,

@@ -1,5 +1,5 @@
-//! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir` and `/health`, and the
-//! composition of the application (`create_app`) used by `main` and by the tests alike.
+//! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir`, `/auth`, `/health`, `/metrics`
+//! and the API description, and the composition of the application (`create_app`) used by `main` and by the tests.
 
 pub mod audit;
 pub mod conformance;
