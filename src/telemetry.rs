@@ -25,6 +25,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -119,21 +120,30 @@ fn install(level: &str, format: &str, traces: bool) -> Telemetry {
     } else {
         (None, None)
     };
+    // Each layer has its own filter: a quieter log level does not thin out the traces. Traces take the INFO
+    // spans (one per request and its children) and the events inside them.
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("kap-gateway"))
             .with_threads(false)
             .with_location(false)
+            .with_filter(EnvFilter::new("info"))
+            .boxed()
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    let installed = if format == "json" {
-        registry
-            .with(fmt.json().flatten_event(true).with_current_span(true))
-            .try_init()
+    let fmt_layer = if format == "json" {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(fmt).try_init()
+        fmt.with_filter(filter).boxed()
     };
+    let installed = tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init();
     if let Some(e) = otel_error {
         tracing::error!(error = %e, "trace export is off");
     }
@@ -199,7 +209,11 @@ pub async fn trace_requests(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // Labels and span names take only the standard methods: anything else is `OTHER` (bounded cardinality).
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_owned(),
+        _ => "OTHER".to_owned(),
+    };
     let interaction = crate::api::audit::interaction(req.method(), &route);
     let span = tracing::info_span!(
         "HTTP request",
