@@ -199,8 +199,9 @@ pub fn audit_event(
 }
 
 impl AuditLog {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> AuditLog {
+    /// Starts the writer tasks on the current runtime, registered with `workers`: on shutdown, once the HTTP server
+    /// has stopped, they write every event still queued and return.
+    pub fn start(store: Store, workers: &crate::workers::Workers) -> AuditLog {
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         // SQLite has one writer at a time anyway; PostgreSQL commits several batches side by side.
         let writers = match store.db.backend() {
@@ -209,7 +210,13 @@ impl AuditLog {
         };
         let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..writers {
-            tokio::spawn(writer(store.clone(), rx.clone()));
+            let (store, rx) = (store.clone(), rx.clone());
+            workers.spawn(
+                "audit-writer",
+                crate::workers::Stage::AfterRequests,
+                None,
+                move |w| writer(store, rx, w),
+            );
         }
         AuditLog { tx }
     }
@@ -231,11 +238,25 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Store, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+async fn writer(
+    store: Store,
+    rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
+    worker: crate::workers::Worker,
+) {
     loop {
         let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
+            let mut rx = tokio::select! {
+                biased;
+                rx = rx.lock() => rx,
+                _ = worker.stopping() => return,
+            };
+            // Queued events come first: once told to stop, the writer returns only when the queue is empty.
+            let first = tokio::select! {
+                biased;
+                first = rx.recv() => first,
+                _ = worker.stopping() => None,
+            };
+            let Some(first) = first else {
                 return;
             };
             // Requests released by the previous commit come back a moment later; a short wait lets them share

@@ -30,7 +30,8 @@ pub struct Config {
     pub log_format: String,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `kap_gateway=debug`).
     pub log_level: String,
-    /// Seconds to wait for in-flight requests on shutdown.
+    /// Seconds from SIGTERM/SIGINT until the process exits at the latest: in-flight requests, the background
+    /// workers' current work and the queued audit events get this long to finish.
     pub shutdown_timeout_secs: u64,
     /// OAuth clients registered at start-up (`[[clients]]` tables), replacing stored ones with the same id.
     #[serde(default)]
@@ -236,10 +237,15 @@ impl Config {
             None => fig = fig.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
         // KAPGW_CONFIG names the file; KAPGW_TEST_* and KAPGW_BENCH_* steer the test suite and the benchmark.
-        fig = fig.merge(Env::prefixed("KAPGW_").filter(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            key != "config" && !key.starts_with("test_") && !key.starts_with("bench_")
-        }));
+        // A double underscore reaches into a table: KAPGW_AUTH__ACCESS_TOKEN_SECS is `[auth] access_token_secs`.
+        fig = fig.merge(
+            Env::prefixed("KAPGW_")
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    key != "config" && !key.starts_with("test_") && !key.starts_with("bench_")
+                })
+                .split("__"),
+        );
         fig = fig.merge(Serialized::defaults(overrides));
         fig.extract().map_err(Box::new)
     }
@@ -283,6 +289,21 @@ mod tests {
         let path = dir.path().join("gw.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail returns its own error type
+    fn a_double_underscore_sets_a_key_of_a_table() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KAPGW_AUTH__ACCESS_TOKEN_SECS", "900");
+            jail.set_env("KAPGW_AUTH__BUILTIN", "false");
+            jail.set_env("KAPGW_SHUTDOWN_TIMEOUT_SECS", "7");
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(cfg.auth.access_token_secs, 900);
+            assert!(!cfg.auth.builtin);
+            assert_eq!(cfg.shutdown_timeout_secs, 7);
+            Ok(())
+        });
     }
 
     #[test]

@@ -286,17 +286,32 @@ async fn main() -> ExitCode {
 
 async fn serve(cli: &Cli, args: &DbArgs) -> Result<(), String> {
     let config = load(cli, args)?;
-    kap_gateway::telemetry::init(&config.log_level, &config.log_format);
-    let app = Application::build(config.clone())
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+    let telemetry = kap_gateway::telemetry::init_with_traces(&config.log_level, &config.log_format);
+    let app = match Application::build(config.clone()).await {
+        Ok(app) => app,
+        Err(e) => {
+            flush_traces(telemetry).await;
+            return Err(format!("{e:#}"));
+        }
+    };
     tracing::info!(
         port = app.port(),
         database = config.database_url.split(':').next().unwrap_or(""),
         base_url = %app.state.base_url,
         "kap-gateway listening"
     );
-    app.run_until_stopped().await.map_err(|e| e.to_string())
+    let result = app.run_until_stopped().await.map_err(|e| e.to_string());
+    flush_traces(telemetry).await;
+    result
+}
+
+/// Sends the spans still queued for export (the exporter blocks, so off the async threads).
+async fn flush_traces(telemetry: kap_gateway::telemetry::Telemetry) {
+    if telemetry.exporting() {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    } else {
+        telemetry.shutdown();
+    }
 }
 
 async fn migrate(cli: &Cli, args: &DbArgs) -> Result<(), String> {

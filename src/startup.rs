@@ -17,11 +17,14 @@ use crate::fhir::registry::SUPPORTED_TYPES;
 use crate::service::FhirService;
 use crate::store::Store;
 use crate::store::db::Db;
+use crate::workers::Stage;
 
 /// A built, not yet running, gateway.
 pub struct Application {
     port: u16,
     server: Server,
+    /// A second handle on the listening socket, to stop new connections before the server stops (see `run_until`).
+    listener: Option<TcpListener>,
     pub state: AppState,
 }
 
@@ -46,6 +49,7 @@ pub fn build_state(
     store: Store,
     base_url: String,
     auth: Authenticator,
+    workers: crate::workers::Workers,
 ) -> AppState {
     let capability = CapabilityInput {
         base_url: base_url.clone(),
@@ -79,7 +83,9 @@ pub fn build_state(
         base_url,
         kap: crate::kap::service::KapService::new(fhir.clone(), config.kap.clone()),
         fhir,
-        audit: crate::audit::AuditLog::start(store.clone()),
+        audit: crate::audit::AuditLog::start(store.clone(), &workers),
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        workers,
         store,
         capability,
         auth,
@@ -126,30 +132,45 @@ impl Application {
             external,
         )
         .with_builtin(config.auth.builtin);
+        // Background workers register here (see `crate::workers`): readiness reports them, shutdown stops them.
+        let workers = crate::workers::Workers::new();
         // Another replica (or `kap-gateway keys rotate`) may rotate keys: pick them up regularly.
         let ring = auth.keys.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            tick.tick().await;
-            loop {
+        workers.spawn(
+            "signing-key-reload",
+            Stage::Background,
+            Some(Duration::from_secs(180)),
+            |w| async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
                 tick.tick().await;
-                if let Err(e) = ring.reload().await {
-                    tracing::warn!(error = %e, "could not reload the signing keys");
+                loop {
+                    tokio::select! {
+                        _ = w.stopping() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = ring.reload().await {
+                        tracing::warn!(error = %e, "could not reload the signing keys");
+                    }
+                    w.beat();
                 }
-            }
-        });
-        let state = build_state(&config, store, base_url, auth);
+            },
+        );
+        let state = build_state(&config, store, base_url, auth, workers);
         let app_state = state.clone();
+        // Signals are handled in `run_until_stopped` (actix would treat SIGINT as a forced stop).
         let mut server = HttpServer::new(move || create_app(app_state.clone()))
+            .disable_signals()
             .shutdown_timeout(config.shutdown_timeout_secs)
             .client_request_timeout(Duration::from_secs(60));
         if config.http_workers > 0 {
             server = server.workers(config.http_workers);
         }
+        let control = listener.try_clone().ok();
         let server = server.listen(listener)?.run();
         Ok(Application {
             port,
             server,
+            listener: control,
             state,
         })
     }
@@ -158,11 +179,100 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM stop it gracefully).
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let db = self.state.store.db.clone();
-        let result = self.server.await;
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` resolves, then shuts down gracefully: no new connections; in-flight requests and the
+    /// background workers' current work finish; the audit writers write what is queued; all within
+    /// `shutdown_timeout_secs` of the signal.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Application {
+            server,
+            state,
+            listener,
+            ..
+        } = self;
+        let handle = server.handle();
+        let workers = state.workers.clone();
+        let db = state.store.db.clone();
+        let timeout = Duration::from_secs(state.config.shutdown_timeout_secs);
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            result = &mut server => {
+                // The server ended on its own (it cannot bind or its workers failed).
+                workers.signal(Stage::Background);
+                workers.signal(Stage::AfterRequests);
+                db.close().await;
+                return result;
+            }
+            () = stop => {}
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        tracing::info!(
+            timeout_secs = timeout.as_secs(),
+            "shutting down: no new connections; finishing in-flight requests and background work"
+        );
+        workers.signal(Stage::Background);
+        // actix drops the connections it has accepted but not yet handed to a worker when it stops: first refuse
+        // new connections (shutting the listening socket down makes further connects fail at once instead of
+        // waiting in the backlog), give the workers a moment to take up what was already accepted, then stop.
+        if let Some(listener) = listener {
+            let socket = socket2::Socket::from(listener);
+            if let Err(e) = socket.shutdown(std::net::Shutdown::Read) {
+                tracing::debug!(error = %e, "could not shut the listening socket down");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stop_http = handle.stop(true);
+        let (result, (), late) = tokio::join!(
+            &mut server,
+            stop_http,
+            workers.wait(Stage::Background, deadline)
+        );
+        workers.signal(Stage::AfterRequests);
+        let mut late = late;
+        late.extend(workers.wait(Stage::AfterRequests, deadline).await);
+        if late.is_empty() {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!(workers = ?late, "shutdown timeout reached: these workers were still running");
+        }
+        drop(state);
         db.close().await;
         result
+    }
+}
+
+/// Resolves at SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                }
+            }
+            _ => {
+                tracing::error!("cannot listen for SIGTERM/SIGINT; stop the process with SIGKILL");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

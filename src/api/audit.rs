@@ -22,7 +22,8 @@ pub struct AuditInfo {
 }
 
 /// The FHIR interaction of a route pattern and method, or `None` for routes that are not audited (public ones).
-fn interaction(method: &Method, pattern: &str) -> Option<&'static str> {
+/// Also names the interaction of the request's trace span.
+pub(crate) fn interaction(method: &Method, pattern: &str) -> Option<&'static str> {
     Some(match (method.as_str(), pattern) {
         (_, "/fhir/metadata") => return None,
         ("GET", "/fhir/{type}/{id}") => "read",
@@ -91,7 +92,8 @@ pub async fn audit_requests(
         status: res.status().as_u16(),
     };
     let event = audit_event(access.as_ref(), None, &record);
-    if let Err(e) = state.audit.record(event).await {
+    let span = tracing::info_span!("audit.write", fhir.interaction = record.interaction);
+    if let Err(e) = tracing::Instrument::instrument(state.audit.record(event), span).await {
         // Nothing leaves unaudited: the caller gets a 500 instead of the data.
         let e: Error = e;
         return Err(e.into());

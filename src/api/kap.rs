@@ -218,25 +218,64 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(course))
             .default_service(na()),
     );
-    fn kind<R: KapRecord>(cfg: &mut web::ServiceConfig) {
-        let na = || web::route().to(super::fhir::method_not_allowed);
-        cfg.service(
-            web::resource(format!("/kap/v1/patients/{{id}}/{}", R::PATH))
-                .route(web::post().to(create::<R>))
-                .route(web::get().to(list::<R>))
-                .default_service(na()),
-        )
-        .service(
-            web::resource(format!("/kap/v1/{}/{{id}}", R::PATH))
-                .route(web::get().to(get::<R>))
-                .route(web::put().to(update::<R>))
-                .default_service(na()),
-        );
-    }
-    kind::<Evaluation>(cfg);
-    kind::<Preparation>(cfg);
-    kind::<Dosing>(cfg);
-    kind::<Integration>(cfg);
-    kind::<FollowUp>(cfg);
-    let _ = na;
+    cfg.service(
+        web::resource("/kap/v1/patients/{id}/evaluations")
+            .route(web::post().to(create::<Evaluation>))
+            .route(web::get().to(list::<Evaluation>))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/kap/v1/evaluations/{id}")
+            .route(web::get().to(get::<Evaluation>))
+            .route(web::put().to(update::<Evaluation>))
+            .default_service(na()),
+    );
+    cfg.service(
+        web::resource("/kap/v1/patients/{id}/preparation-sessions")
+            .route(web::post().to(create::<Preparation>))
+            .route(web::get().to(list::<Preparation>))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/kap/v1/preparation-sessions/{id}")
+            .route(web::get().to(get::<Preparation>))
+            .route(web::put().to(update::<Preparation>))
+            .default_service(na()),
+    );
+    cfg.service(
+        web::resource("/kap/v1/patients/{id}/dosing-sessions")
+            .route(web::post().to(create::<Dosing>))
+            .route(web::get().to(list::<Dosing>))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/kap/v1/dosing-sessions/{id}")
+            .route(web::get().to(get::<Dosing>))
+            .route(web::put().to(update::<Dosing>))
+            .default_service(na()),
+    );
+    cfg.service(
+        web::resource("/kap/v1/patients/{id}/integration-sessions")
+            .route(web::post().to(create::<Integration>))
+            .route(web::get().to(list::<Integration>))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/kap/v1/integration-sessions/{id}")
+            .route(web::get().to(get::<Integration>))
+            .route(web::put().to(update::<Integration>))
+            .default_service(na()),
+    );
+    cfg.service(
+        web::resource("/kap/v1/patients/{id}/follow-ups")
+            .route(web::post().to(create::<FollowUp>))
+            .route(web::get().to(list::<FollowUp>))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/kap/v1/follow-ups/{id}")
+            .route(web::get().to(get::<FollowUp>))
+            .route(web::put().to(update::<FollowUp>))
+            .default_service(na()),
+    );
 }

@@ -1,8 +1,9 @@
-//! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir` and `/health`, and the
-//! composition of the application (`create_app`) used by `main` and by the tests alike.
+//! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir`, `/auth`, `/health`, `/metrics`
+//! and the API description, and the composition of the application (`create_app`) used by `main` and by the tests.
 
 pub mod audit;
 pub mod conformance;
+pub mod docs;
 pub mod fhir;
 pub mod guard;
 pub mod health;
@@ -29,9 +30,175 @@ pub struct AppState {
     pub capability: CapabilityInput,
     pub auth: Authenticator,
     pub audit: crate::audit::AuditLog,
+    /// Prometheus metrics (`/metrics`); clone the `Arc` into workers that count things.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Background workers: readiness reports them, shutdown stops them (see `crate::workers`).
+    pub workers: crate::workers::Workers,
 }
 
-/// Registers every route on `cfg`. Paths with a fixed segment come before the patterns they would otherwise match.
+/// One route: its actix pattern, its path in `openapi.yaml`, and the methods it answers (others get 405).
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub pattern: &'static str,
+    pub openapi: &'static str,
+    pub methods: &'static [&'static str],
+}
+
+const fn route(
+    pattern: &'static str,
+    openapi: &'static str,
+    methods: &'static [&'static str],
+) -> Route {
+    Route {
+        pattern,
+        openapi,
+        methods,
+    }
+}
+
+/// Every route of the gateway. **Add a line here with every `web::resource` you register** (in any `src/api`
+/// file): `tests/api/openapi_routes.rs` checks this table against the registered resources, against the methods
+/// the running server answers, and against the paths and operations of `openapi.yaml`, in both directions.
+pub const ROUTES: &[Route] = &[
+    route("/health/live", "/health/live", &["GET"]),
+    route("/health/ready", "/health/ready", &["GET"]),
+    route("/metrics", "/metrics", &["GET"]),
+    route("/openapi.yaml", "/openapi.yaml", &["GET"]),
+    route("/docs", "/docs", &["GET"]),
+    route("/fhir/metadata", "/fhir/metadata", &["GET"]),
+    route(
+        "/.well-known/smart-configuration",
+        "/.well-known/smart-configuration",
+        &["GET"],
+    ),
+    route(
+        "/fhir/.well-known/smart-configuration",
+        "/fhir/.well-known/smart-configuration",
+        &["GET"],
+    ),
+    route(
+        "/fhir/.well-known/openid-configuration",
+        "/fhir/.well-known/openid-configuration",
+        &["GET"],
+    ),
+    route("/auth/jwks", "/auth/jwks", &["GET"]),
+    route("/auth/authorize", "/auth/authorize", &["GET"]),
+    route("/auth/login", "/auth/login", &["POST"]),
+    route("/auth/patient", "/auth/patient", &["POST"]),
+    route("/auth/consent", "/auth/consent", &["POST"]),
+    route("/auth/token", "/auth/token", &["POST"]),
+    route("/auth/introspect", "/auth/introspect", &["POST"]),
+    route("/auth/revoke", "/auth/revoke", &["POST"]),
+    route("/auth/launch", "/auth/launch", &["POST"]),
+    route("/fhir", "/fhir", &["POST"]),
+    route("/fhir/_history", "/fhir/_history", &["GET"]),
+    route(
+        "/fhir/{type}/$validate",
+        "/fhir/{type}/$validate",
+        &["POST"],
+    ),
+    route(
+        "/fhir/{type}/{id}/$validate",
+        "/fhir/{type}/{id}/$validate",
+        &["POST"],
+    ),
+    route(
+        "/fhir/{type:StructureDefinition|CodeSystem|ValueSet}",
+        "/fhir/{conformanceType}",
+        &["GET"],
+    ),
+    route(
+        "/fhir/{type:StructureDefinition|CodeSystem|ValueSet}/{id}",
+        "/fhir/{conformanceType}/{id}",
+        &["GET"],
+    ),
+    route(
+        "/fhir/{type}",
+        "/fhir/{type}",
+        &["GET", "POST", "PUT", "DELETE"],
+    ),
+    route("/fhir/{type}/_search", "/fhir/{type}/_search", &["POST"]),
+    route("/fhir/{type}/_history", "/fhir/{type}/_history", &["GET"]),
+    route(
+        "/fhir/{type}/{id}",
+        "/fhir/{type}/{id}",
+        &["GET", "PUT", "PATCH", "DELETE"],
+    ),
+    route(
+        "/fhir/{type}/{id}/_history",
+        "/fhir/{type}/{id}/_history",
+        &["GET"],
+    ),
+    route(
+        "/fhir/{type}/{id}/_history/{vid}",
+        "/fhir/{type}/{id}/_history/{vid}",
+        &["GET"],
+    ),
+    route("/kap/v1/patients", "/kap/v1/patients", &["POST"]),
+    route("/kap/v1/patients/link", "/kap/v1/patients/link", &["POST"]),
+    route(
+        "/kap/v1/patients/{id}",
+        "/kap/v1/patients/{id}",
+        &["GET", "PUT"],
+    ),
+    route(
+        "/kap/v1/patients/{id}/course",
+        "/kap/v1/patients/{id}/course",
+        &["GET"],
+    ),
+    route(
+        "/kap/v1/patients/{id}/evaluations",
+        "/kap/v1/patients/{id}/evaluations",
+        &["GET", "POST"],
+    ),
+    route(
+        "/kap/v1/evaluations/{id}",
+        "/kap/v1/evaluations/{id}",
+        &["GET", "PUT"],
+    ),
+    route(
+        "/kap/v1/patients/{id}/preparation-sessions",
+        "/kap/v1/patients/{id}/preparation-sessions",
+        &["GET", "POST"],
+    ),
+    route(
+        "/kap/v1/preparation-sessions/{id}",
+        "/kap/v1/preparation-sessions/{id}",
+        &["GET", "PUT"],
+    ),
+    route(
+        "/kap/v1/patients/{id}/dosing-sessions",
+        "/kap/v1/patients/{id}/dosing-sessions",
+        &["GET", "POST"],
+    ),
+    route(
+        "/kap/v1/dosing-sessions/{id}",
+        "/kap/v1/dosing-sessions/{id}",
+        &["GET", "PUT"],
+    ),
+    route(
+        "/kap/v1/patients/{id}/integration-sessions",
+        "/kap/v1/patients/{id}/integration-sessions",
+        &["GET", "POST"],
+    ),
+    route(
+        "/kap/v1/integration-sessions/{id}",
+        "/kap/v1/integration-sessions/{id}",
+        &["GET", "PUT"],
+    ),
+    route(
+        "/kap/v1/patients/{id}/follow-ups",
+        "/kap/v1/patients/{id}/follow-ups",
+        &["GET", "POST"],
+    ),
+    route(
+        "/kap/v1/follow-ups/{id}",
+        "/kap/v1/follow-ups/{id}",
+        &["GET", "PUT"],
+    ),
+];
+
+/// Registers every route on `cfg` (each one listed in [`ROUTES`]). Paths with a fixed segment come before the patterns they would otherwise match.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     kap::routes(cfg);
     let na = || web::route().to(fhir::method_not_allowed);
@@ -43,6 +210,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/health/ready")
             .route(web::get().to(health::ready))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(health::metrics))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/openapi.yaml")
+            .route(web::get().to(docs::openapi))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/docs")
+            .route(web::get().to(docs::page))
             .default_service(na()),
     )
     .service(
@@ -208,6 +390,10 @@ pub fn create_app(
             crate::error::Error::bad_request(format!("Bad path: {err}")).into()
         }))
         .wrap(actix_web::middleware::from_fn(audit::audit_requests))
+        // One span, one log line and the metrics of every request (outside the audit, which it times too).
+        .wrap(actix_web::middleware::from_fn(
+            crate::telemetry::trace_requests,
+        ))
         // Browser-based SMART apps call from other origins. Bearer tokens (never cookies) authorize the FHIR API,
         // so any origin may call it; the authorization pages are not framed or scripted cross-origin.
         .wrap(

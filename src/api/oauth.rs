@@ -268,6 +268,9 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         .map(|p| vec![p.to_owned()])
         .unwrap_or_default();
     let grant_type = form.get("grant_type").unwrap_or("unknown").to_owned();
+    state
+        .metrics
+        .token_result(&grant_type, result.as_ref().err().map(|e| e.error));
     let record = AuditRecord {
         interaction: "token",
         resource_type: None,

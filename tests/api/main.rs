@@ -8,6 +8,8 @@ mod errors;
 mod fhir_search;
 mod fhir_write;
 mod kap;
+mod observability;
+mod openapi_routes;
 mod profiles;
 mod r4_examples;
 mod smart_enforcement;
