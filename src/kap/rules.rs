@@ -272,6 +272,32 @@ pub fn check_patient(p: &PatientRecord) -> Result<(), Error> {
     if p.family_name.is_none() && p.given_names.is_empty() && p.identifiers.is_empty() {
         issues.add("family_name", "a patient needs a name or an identifier");
     }
+    if let Some(f) = &p.family_name
+        && f.trim().is_empty()
+    {
+        issues.add("family_name", "the family name is blank");
+    }
+    for (i, g) in p.given_names.iter().enumerate() {
+        if g.trim().is_empty() {
+            issues.add(&format!("given_names[{i}]"), "a given name is blank");
+        }
+    }
+    if let Some(e) = &p.email {
+        let valid = e.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }) && !e.chars().any(char::is_whitespace);
+        if !valid {
+            issues.add("email", format!("'{e}' is not an email address"));
+        }
+    }
+    if let Some(phone) = &p.phone
+        && phone.trim().is_empty()
+    {
+        issues.add("phone", "the phone number is blank");
+    }
     if let Some(g) = &p.gender
         && !["male", "female", "other", "unknown"].contains(&g.as_str())
     {

@@ -447,6 +447,20 @@ async fn domain_rules_list_every_problem_with_its_path() {
         r.diagnostics()
     );
 
+    // Patients: a bad email and a blank name, both reported.
+    let mut pat = record("patient");
+    pat["email"] = json!("useratexample.com");
+    pat["family_name"] = json!("  ");
+    let r = kpost(&app, "/kap/v1/patients", &pat).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let paths: Vec<&str> = r.body["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["family_name", "email"]);
+
     // Malformed JSON and unknown fields: 400 naming the field.
     let mut d = record("dosing");
     d["dose"]["mg_per_kgs"] = json!(0.5);
