@@ -66,12 +66,13 @@ pub fn build_state(
                     "http://hl7.org/fhir/OperationDefinition/Resource-validate".to_owned(),
                 )
             })
+            .chain(crate::bulk::type_operations())
             .collect(),
+        system_operations: crate::bulk::system_operations(),
         read_only_types: crate::fhir::profile::CONFORMANCE_TYPES
             .iter()
             .map(|t| (*t).to_owned())
             .collect(),
-        ..CapabilityInput::default()
     };
     AppState {
         config: config.clone(),
@@ -137,6 +138,7 @@ impl Application {
             }
         });
         let state = build_state(&config, store, base_url, auth);
+        crate::bulk::worker::start(state.fhir.clone(), config.bulk.clone());
         let app_state = state.clone();
         let mut server = HttpServer::new(move || create_app(app_state.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)

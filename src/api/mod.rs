@@ -118,6 +118,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(fhir::history_system))
             .default_service(na()),
     )
+    // $everything and the bulk export, before the `/fhir/{type}…` patterns would take them.
+    .configure(crate::bulk::api::routes)
     // $validate and the read-only conformance resources, before the `/fhir/{type}` patterns would take them.
     .service(
         web::resource("/fhir/{type}/$validate")
