@@ -176,7 +176,8 @@ async fn kick_off(
                 }
             }
             "_typeFilter" => {
-                for f in v.split(',').filter(|f| !f.is_empty()) {
+                for f in split_type_filters(v) {
+                    let f = f.as_str();
                     let (t, query) = f.split_once('?').unwrap_or((f, ""));
                     if !registry::is_supported_type(t) {
                         return Err(Error::invalid_at(
@@ -269,6 +270,27 @@ async fn kick_off(
     resp.headers_mut()
         .insert(header::CONTENT_LOCATION, header_value(&location));
     Ok(resp)
+}
+
+/// Splits a `_typeFilter` value into its `Type?query` parts: a comma starts a new part only when what follows
+/// names a type (`Observation?…`), so commas between ORed values inside a query stay where they are.
+fn split_type_filters(v: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for seg in v.split(',') {
+        let starts_filter = seg.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && seg
+                .split_once('?')
+                .is_some_and(|(t, _)| registry::is_supported_type(t));
+        match out.last_mut() {
+            Some(last) if !starts_filter => {
+                last.push(',');
+                last.push_str(seg);
+            }
+            _ if seg.is_empty() => {}
+            _ => out.push(seg.to_owned()),
+        }
+    }
+    out
 }
 
 /// Patient ids of `Group.member.entity` (relative or absolute references to this server).
