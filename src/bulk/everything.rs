@@ -30,7 +30,7 @@ impl EverythingParams {
         let mut p = EverythingParams::default();
         for (k, v) in pairs {
             match k.as_str() {
-                "_since" | "start" if parse_range(v).is_none() => {
+                "_since" if parse_range(v).is_none() => {
                     return Err(Error::invalid_at(
                         "invalid",
                         format!("{k} '{v}' is not a valid instant"),
