@@ -180,16 +180,19 @@ async fn export(
         )?;
         q.count = page_size;
         let ti = ti as i64;
-        loop {
+        let fetch = |after: i64| {
+            let mut q = q.clone();
             q.cursor = Some(Cursor {
                 direction: Direction::Next,
                 keys: Vec::new(),
-                pk: after_pk,
+                pk: after,
             });
-            let page = fhir.search(&access, &q).await?;
-            let Some(last) = page.matches.last() else {
-                break;
-            };
+            let access = &access;
+            async move { fhir.search(access, &q).await }
+        };
+        // The next page is read while the current one is written.
+        let mut page = fetch(after_pk).await?;
+        while let Some(last) = page.matches.last() {
             after_pk = last.pk;
             let more = page.next.is_some();
             let kept = match job.level {
@@ -207,15 +210,21 @@ async fn export(
                     lines += 1;
                 }
             }
+            drop(kept);
             let chunk = (lines > 0).then_some((res_type.as_str(), data.as_str(), lines));
-            if !jobs
-                .write_progress(&job.id, owner, config.lease_secs, ti, after_pk, chunk)
-                .await?
-            {
+            let write = jobs.write_progress(&job.id, owner, config.lease_secs, ti, after_pk, chunk);
+            let (written, next) = if more {
+                let (w, n) = tokio::join!(write, fetch(after_pk));
+                (w, Some(n))
+            } else {
+                (write.await, None)
+            };
+            if !written? {
                 return Ok(false);
             }
-            if !more {
-                break;
+            match next {
+                Some(n) => page = n?,
+                None => break,
             }
         }
         if !jobs
