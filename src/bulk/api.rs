@@ -344,7 +344,6 @@ fn expired(job: &Job) -> bool {
 /// `GET /fhir/$export-status/{job}`: 202 while running, 200 with the manifest when done.
 pub async fn status(
     state: web::Data<AppState>,
-    req: HttpRequest,
     access: Access,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
@@ -409,7 +408,6 @@ pub async fn status(
                     header_value(&crate::api::response::http_date(e)),
                 );
             }
-            let _ = req;
             Ok(resp)
         }
         _ => Err(Error::new(
