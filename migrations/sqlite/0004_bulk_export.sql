@@ -41,6 +41,10 @@ CREATE TABLE bulk_jobs (
 );
 CREATE INDEX bulk_jobs_status ON bulk_jobs (status, created_at);
 
+-- Exports page through each type in key order (res_type = ? AND pk > ? ORDER BY pk LIMIT n): with this index both
+-- databases walk it directly instead of sorting every row of the type for each page.
+CREATE INDEX resources_type_pk ON resources (res_type, pk);
+
 CREATE TABLE bulk_files (
     job_id     TEXT    NOT NULL REFERENCES bulk_jobs (id) ON DELETE CASCADE,
     file_no    INTEGER NOT NULL,

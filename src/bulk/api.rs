@@ -193,7 +193,7 @@ async fn kick_off(
                             "_typeFilter",
                         ));
                     }
-                    type_query(&state.fhir, t, Some(query), None, None)
+                    type_query(&state.fhir, t, Some(query), None)
                         .map_err(|e| e.in_context("_typeFilter"))?;
                 }
             }

@@ -132,7 +132,7 @@ pub async fn everything(
         {
             continue;
         }
-        let mut q = type_query(fhir, res_type, None, p.since.as_deref(), None)?;
+        let mut q = type_query(fhir, res_type, None, p.since.as_deref())?;
         q.compartment = Some(patient_id.to_owned());
         let mut after = if ti == start_type { start_pk } else { 0 };
         loop {

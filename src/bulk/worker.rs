@@ -8,7 +8,7 @@ use crate::auth::access::Access;
 use crate::auth::scopes::Op;
 use crate::config::BulkConfig;
 use crate::error::{Error, Result};
-use crate::fhir::datetime::format_instant;
+use crate::fhir::datetime::parse_range;
 use crate::fhir::outcome::{Issue, Severity, operation_outcome};
 use crate::fhir::registry;
 use crate::fhir::search::{Cursor, Direction, SearchQuery, TotalMode};
@@ -95,13 +95,12 @@ async fn run_claimed(fhir: &FhirService, jobs: &Jobs, owner: &str, config: &Bulk
     }
 }
 
-/// A parsed `_typeFilter` for one type plus `_since` and the transaction-time bound, as search parameters.
+/// A parsed `_typeFilter` for one type, plus `_since` as a `_lastUpdated` criterion when given.
 pub fn type_query(
     fhir: &FhirService,
     res_type: &str,
     filter: Option<&str>,
     since: Option<&str>,
-    until: Option<i64>,
 ) -> Result<SearchQuery> {
     let mut params = filter.map(parse_query_string).unwrap_or_default();
     for (k, _) in &params {
@@ -120,9 +119,6 @@ pub fn type_query(
     }
     if let Some(s) = since {
         params.push(("_lastUpdated".into(), format!("ge{s}")));
-    }
-    if let Some(t) = until {
-        params.push(("_lastUpdated".into(), format!("le{}", format_instant(t))));
     }
     let mut q = fhir.parse_search(res_type, &params, true)?;
     q.total = TotalMode::None;
@@ -150,6 +146,11 @@ async fn export(
     };
     let members: Option<HashSet<&str>> =
         (job.level == Level::Group).then(|| job.members.iter().map(String::as_str).collect());
+    let since = job
+        .since
+        .as_deref()
+        .and_then(parse_range)
+        .map_or(i64::MIN, |r| r.lo);
     let mut errors: Vec<String> = Vec::new();
     let page_size = config.page_size.clamp(1, 10_000);
     let start = usize::try_from(job.type_index).unwrap_or(0);
@@ -171,13 +172,9 @@ async fn export(
         }
         let mut after_pk = if ti == start { job.after_pk } else { 0 };
         let filter = job.type_filters.get(res_type).map(String::as_str);
-        let mut q = type_query(
-            fhir,
-            res_type,
-            filter,
-            job.since.as_deref(),
-            Some(job.transaction_time),
-        )?;
+        // `_since` and the transaction time are checked here rather than in SQL: a condition on `last_updated` would
+        // lead both planners to the (type, last_updated) index and a sort of every match for each page.
+        let mut q = type_query(fhir, res_type, filter, None)?;
         q.count = page_size;
         let ti = ti as i64;
         let fetch = |after: i64| {
@@ -195,10 +192,14 @@ async fn export(
         while let Some(last) = page.matches.last() {
             after_pk = last.pk;
             let more = page.next.is_some();
+            let in_window = |r: &StoredResource| {
+                r.last_updated >= since && r.last_updated <= job.transaction_time
+            };
+            let matches: Vec<StoredResource> = page.matches.into_iter().filter(in_window).collect();
             let kept = match job.level {
-                Level::System => page.matches,
+                Level::System => matches,
                 Level::Patient | Level::Group => {
-                    in_compartments(fhir, res_type, page.matches, members.as_ref()).await?
+                    in_compartments(fhir, res_type, matches, members.as_ref()).await?
                 }
             };
             let mut data = String::with_capacity(kept.iter().map(content_len).sum::<usize>());
