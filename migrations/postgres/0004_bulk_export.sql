@@ -60,3 +60,6 @@ CREATE TABLE bulk_chunks (
     data    TEXT    NOT NULL,
     PRIMARY KEY (job_id, file_no, seq)
 );
+-- Chunks are transient (they expire) and already large: compressing them would cost the export more CPU than the
+-- disk it saves.
+ALTER TABLE bulk_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
