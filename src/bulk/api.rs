@@ -478,3 +478,38 @@ pub async fn download(
         .insert_header((header::CONTENT_TYPE, NDJSON))
         .streaming(stream))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_filters_split_on_commas_that_start_a_new_type() {
+        assert_eq!(
+            split_type_filters("Observation?code=a,b&status=final,Patient?gender=female"),
+            vec![
+                "Observation?code=a,b&status=final".to_owned(),
+                "Patient?gender=female".to_owned()
+            ]
+        );
+        assert_eq!(
+            split_type_filters("Banana?x=1"),
+            vec!["Banana?x=1".to_owned()]
+        );
+    }
+
+    #[test]
+    fn group_members_are_the_patients_referenced_by_member_entity() {
+        let group = json!({"resourceType": "Group", "member": [
+            {"entity": {"reference": "Patient/a"}},
+            {"entity": {"reference": "http://h/fhir/Patient/b/_history/2"}},
+            {"entity": {"reference": "Practitioner/x"}},
+            {"entity": {"reference": "http://elsewhere/fhir/Patient/c"}},
+            {"entity": {"reference": "Patient/a"}}]});
+        assert_eq!(
+            group_members("http://h/fhir", &group),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+    }
+}

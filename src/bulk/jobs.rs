@@ -496,6 +496,14 @@ impl Jobs {
         for id in &ids {
             self.drop_files(id, "expired").await?;
         }
+        // Finished jobs without files are kept a week (their status URL answers 410/404/500 meanwhile), then go.
+        let mut sql = Sql::new(
+            "DELETE FROM bulk_jobs WHERE status IN ('expired', 'cancelled', 'failed') AND created_at < ",
+        );
+        sql.bind(now_micros() - JOB_RETENTION_MICROS);
+        let mut tx = self.db.begin_write().await?;
+        tx.execute(&sql).await?;
+        tx.commit().await?;
         Ok(ids.len())
     }
 
@@ -539,6 +547,9 @@ impl Jobs {
         }))
     }
 }
+
+/// How long the row of an expired, cancelled or failed job is kept: a week.
+const JOB_RETENTION_MICROS: i64 = 7 * 86_400 * 1_000_000;
 
 fn lease_micros(secs: u64) -> i64 {
     i64::try_from(secs)
