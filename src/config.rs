@@ -45,6 +45,47 @@ pub struct Config {
     /// The KAP API's clinical settings (`[kap]`): dosing limits per route.
     #[serde(default)]
     pub kap: crate::kap::rules::KapSettings,
+    /// Bulk Data export (`[bulk]`).
+    #[serde(default)]
+    pub bulk: BulkConfig,
+}
+
+/// `[bulk]`: the export worker and the lifetime of exported files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkConfig {
+    /// Run the export worker in this process (a replica that only serves requests may turn it off; queued jobs
+    /// then wait for a replica that runs one).
+    pub worker: bool,
+    /// How long the files of a completed export stay downloadable, in seconds.
+    pub file_ttl_secs: u64,
+    /// Resources read per database round trip and written per NDJSON chunk.
+    pub page_size: usize,
+    /// How long a worker's claim on a job holds without progress, in seconds; an expired claim is taken over.
+    pub lease_secs: u64,
+    /// How often an idle worker looks for queued jobs, in milliseconds.
+    pub poll_ms: u64,
+    /// How often expired files are deleted, in seconds.
+    pub cleanup_secs: u64,
+    /// `Retry-After` of the status endpoint while a job runs, in seconds.
+    pub retry_after_secs: u64,
+    /// Runs of a job (first run and resumptions after interruptions) before it is marked failed.
+    pub max_attempts: i64,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        BulkConfig {
+            worker: true,
+            file_ttl_secs: 3600,
+            page_size: 1000,
+            lease_secs: 30,
+            poll_ms: 1000,
+            cleanup_secs: 60,
+            retry_after_secs: 2,
+            max_attempts: 3,
+        }
+    }
 }
 
 /// `[auth]`: the built-in SMART authorization server and trust of an external one.
@@ -112,6 +153,7 @@ impl Default for Config {
             users: Vec::new(),
             auth: AuthConfig::default(),
             kap: crate::kap::rules::KapSettings::default(),
+            bulk: BulkConfig::default(),
         }
     }
 }

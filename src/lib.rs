@@ -8,6 +8,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bulk;
 pub mod config;
 pub mod error;
 pub mod fhir;

@@ -70,12 +70,13 @@ pub fn build_state(
                     "http://hl7.org/fhir/OperationDefinition/Resource-validate".to_owned(),
                 )
             })
+            .chain(crate::bulk::type_operations())
             .collect(),
+        system_operations: crate::bulk::system_operations(),
         read_only_types: crate::fhir::profile::CONFORMANCE_TYPES
             .iter()
             .map(|t| (*t).to_owned())
             .collect(),
-        ..CapabilityInput::default()
     };
     let fhir = FhirService::new(store.clone(), base_url.clone());
     AppState {
@@ -155,7 +156,8 @@ impl Application {
                 }
             },
         );
-        let state = build_state(&config, store, base_url, auth, workers);
+        let state = build_state(&config, store, base_url, auth, workers.clone());
+        crate::bulk::worker::start(state.fhir.clone(), config.bulk.clone(), &workers);
         let app_state = state.clone();
         // Signals are handled in `run_until_stopped` (actix would treat SIGINT as a forced stop).
         let mut server = HttpServer::new(move || create_app(app_state.clone()))

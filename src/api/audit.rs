@@ -33,6 +33,8 @@ pub(crate) fn interaction(method: &Method, pattern: &str) -> Option<&'static str
         ("GET", "/fhir/_history") => "history-system",
         ("GET", "/fhir/{type}") | ("POST", "/fhir/{type}/_search") => "search-type",
         ("POST", "/fhir/{type}") => "create",
+        // $everything and the bulk export (kick-off, status, cancel, files) are operations.
+        ("GET" | "DELETE", "/fhir/$export-status/{job}") => "operation",
         ("PUT", _) => "update",
         ("PATCH", _) => "patch",
         ("DELETE", _) => "delete",

@@ -134,6 +134,32 @@ pub const ROUTES: &[Route] = &[
         "/fhir/{type}/{id}/_history/{vid}",
         &["GET"],
     ),
+    route("/fhir/$export", "/fhir/$export", &["GET"]),
+    route(
+        "/fhir/{type:Patient}/$export",
+        "/fhir/Patient/$export",
+        &["GET"],
+    ),
+    route(
+        "/fhir/{type:Group}/{id}/$export",
+        "/fhir/Group/{id}/$export",
+        &["GET"],
+    ),
+    route(
+        "/fhir/$export-status/{job}",
+        "/fhir/$export-status/{job}",
+        &["GET", "DELETE"],
+    ),
+    route(
+        "/fhir/$export-file/{job}/{file}",
+        "/fhir/$export-file/{job}/{file}",
+        &["GET"],
+    ),
+    route(
+        "/fhir/{type:Patient}/{id}/$everything",
+        "/fhir/Patient/{id}/$everything",
+        &["GET"],
+    ),
     route("/kap/v1/patients", "/kap/v1/patients", &["POST"]),
     route("/kap/v1/patients/link", "/kap/v1/patients/link", &["POST"]),
     route(
@@ -303,6 +329,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(fhir::history_system))
             .default_service(na()),
     )
+    // $everything and the bulk export, before the `/fhir/{type}…` patterns would take them.
+    .configure(crate::bulk::api::routes)
     // $validate and the read-only conformance resources, before the `/fhir/{type}` patterns would take them.
     .service(
         web::resource("/fhir/{type}/$validate")

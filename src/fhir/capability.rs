@@ -152,7 +152,11 @@ pub fn capability_statement(input: &CapabilityInput) -> Value {
             );
         }
     }
-    json!({
+    let bulk = input
+        .system_operations
+        .iter()
+        .any(|(name, _)| name == "export");
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": crate::fhir::datetime::format_instant(crate::fhir::datetime::now_micros()),
@@ -164,5 +168,12 @@ pub fn capability_statement(input: &CapabilityInput) -> Value {
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [rest],
-    })
+    });
+    if bulk && let Some(obj) = statement.as_object_mut() {
+        obj.insert(
+            "instantiates".into(),
+            json!(["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]),
+        );
+    }
+    statement
 }

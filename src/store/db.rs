@@ -65,6 +65,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "authorization server",
         include_str!("../../migrations/sqlite/0002_auth.sql"),
     ),
+    (
+        4,
+        "bulk data export",
+        include_str!("../../migrations/sqlite/0004_bulk_export.sql"),
+    ),
 ];
 pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -76,6 +81,11 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "authorization server",
         include_str!("../../migrations/postgres/0002_auth.sql"),
+    ),
+    (
+        4,
+        "bulk data export",
+        include_str!("../../migrations/postgres/0004_bulk_export.sql"),
     ),
 ];
 

@@ -865,21 +865,25 @@ async fn existing_fhir_patients_are_linked_and_fhir_writes_show_up_in_the_kap_ap
     assert_eq!(sessions[0]["dose"]["mg"], 56);
 }
 
+/// Runs `kap-gateway seed --demo --patients 8` on the app's database, off the test's runtime (which also runs the
+/// app: blocking it could leave one of the app's transactions open while the seed waits for it).
+async fn run_seed(database_url: &str) -> std::process::Output {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kap-gateway"))
+            .args(["seed", "--demo", "--patients", "8", "--database-url", &url])
+            .env_remove("KAPGW_DATABASE_URL")
+            .output()
+            .expect("run seed")
+    })
+    .await
+    .expect("seed task")
+}
+
 #[tokio::test]
 async fn seed_demo_loads_a_cohort_through_the_kap_api() {
     let app = spawn_app().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kap-gateway"))
-        .args([
-            "seed",
-            "--demo",
-            "--patients",
-            "8",
-            "--database-url",
-            &app.database_url,
-        ])
-        .env_remove("KAPGW_DATABASE_URL")
-        .output()
-        .expect("run seed");
+    let out = run_seed(&app.database_url).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -914,17 +918,7 @@ async fn seed_demo_loads_a_cohort_through_the_kap_api() {
     }
     assert!(adverse > 0);
     // Running it again does not duplicate the cohort.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_kap-gateway"))
-        .args([
-            "seed",
-            "--demo",
-            "--patients",
-            "8",
-            "--database-url",
-            &app.database_url,
-        ])
-        .output()
-        .expect("run seed");
+    let again = run_seed(&app.database_url).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("already loaded"));
     assert_eq!(
         app.search_ids("Patient?identifier=urn:kap-gateway:demo|&_count=100")

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod audit;
+mod bulk;
 mod errors;
 mod fhir_search;
 mod fhir_write;

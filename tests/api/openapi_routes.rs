@@ -46,20 +46,30 @@ fn spec_operations() -> BTreeMap<String, BTreeSet<String>> {
     ops
 }
 
-/// Every `web::resource("…")` registered in `src/api`.
+/// Every `web::resource("…")` registered anywhere under `src/` (the API modules and the feature modules that
+/// register their own routes, such as `bulk`).
 fn registered_resources() -> BTreeSet<String> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api");
-    let mut found = BTreeSet::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        for piece in text.split("web::resource(\"").skip(1) {
-            found.insert(piece.split('"').next().unwrap().to_owned());
+    fn walk(dir: &std::path::Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split("web::resource(\"").skip(1) {
+                found.insert(piece.split('"').next().unwrap().to_owned());
+            }
         }
     }
+    let mut found = BTreeSet::new();
+    walk(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+        &mut found,
+    );
     found
 }
 
@@ -118,6 +128,10 @@ fn concrete(pattern: &str) -> String {
             "{type:StructureDefinition|CodeSystem|ValueSet}",
             "StructureDefinition",
         )
+        .replace("{type:Patient}", "Patient")
+        .replace("{type:Group}", "Group")
+        .replace("{job}", "route-probe")
+        .replace("{file}", "route-probe")
         .replace("{type}", "Patient")
         .replace("{id}", "route-probe")
         .replace("{vid}", "1")
