@@ -34,7 +34,7 @@ fn index_table(kind: ParamKind) -> &'static str {
     }
 }
 
-fn escape_like(s: &str) -> String {
+pub(crate) fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -47,7 +47,7 @@ fn escape_like(s: &str) -> String {
 
 /// The date comparison of R4 (https://hl7.org/fhir/R4/search.html#prefix) between an indexed range `[lo, hi]`
 /// (column expressions) and a search range.
-fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, shi: i64) {
+pub(crate) fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, shi: i64) {
     match prefix {
         Prefix::Eq => {
             sql.push(&format!("({lo} >= "))
@@ -514,13 +514,8 @@ impl Store {
     /// Runs a search and returns one page plus its includes.
     pub async fn search(&self, tx: &mut Tx, q: &SearchQuery) -> Result<SearchPage> {
         let mut page = SearchPage::default();
-        if q.total == TotalMode::Accurate || q.count == 0 {
-            let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE ");
-            sql.append(&where_clause(q));
-            let rows = tx.fetch(&sql, &[Col::Int]).await?;
-            page.total = rows.first().map(|r| r.int(0));
-        }
         if q.count == 0 {
+            page.total = Some(self.count_matches(tx, q).await?);
             return Ok(page);
         }
 
@@ -559,6 +554,14 @@ impl Store {
         let mut rows = tx.fetch(&sql, &cols).await?;
         let more = rows.len() > q.count;
         rows.truncate(q.count);
+        if q.total == TotalMode::Accurate {
+            // A first page that holds every match is its own count: no second query.
+            page.total = if q.cursor.is_none() && !more {
+                Some(rows.len() as i64)
+            } else {
+                Some(self.count_matches(tx, q).await?)
+            };
+        }
         if backwards {
             rows.reverse();
         }
@@ -598,6 +601,14 @@ impl Store {
             .collect();
         page.includes = self.includes(tx, q, &page.matches).await?;
         Ok(page)
+    }
+
+    /// `Bundle.total`: every match of the search, on all pages.
+    async fn count_matches(&self, tx: &mut Tx, q: &SearchQuery) -> Result<i64> {
+        let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE ");
+        sql.append(&where_clause(q));
+        let rows = tx.fetch(&sql, &[Col::Int]).await?;
+        Ok(rows.first().map(|r| r.int(0)).unwrap_or(0))
     }
 
     /// `_include` and `_revinclude` for a page, with one `:iterate` round over what was included.
@@ -749,7 +760,7 @@ impl Store {
 }
 
 /// Rows strictly after (or, for a `Prev` cursor, before) the cursor position in the sort order.
-fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
+pub(crate) fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
     let backwards = cursor.direction == Direction::Prev;
     sql.push("(");
     // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR … OR (all equal AND pk > p), with > flipped for descending keys.
