@@ -112,7 +112,10 @@ struct TopLevel<'a>(&'a [&'a str]);
 impl<'de> serde::de::DeserializeSeed<'de> for TopLevel<'_> {
     type Value = Value;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
         d.deserialize_map(self)
     }
 }
@@ -124,7 +127,10 @@ impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if self.0.contains(&key.as_ref()) {
@@ -350,7 +356,10 @@ mod tests {
             "valueQuantity": {"value": 1.50}, "note": [{"text": "Patient/carol"}]});
         let text = obs.to_string();
         assert_eq!(patients_of_text("Observation", &text), ["alice", "bob"]);
-        assert_eq!(patients_of_text("Observation", &text), patients_of("Observation", &obs));
+        assert_eq!(
+            patients_of_text("Observation", &text),
+            patients_of("Observation", &obs)
+        );
         let patient = json!({"resourceType": "Patient", "id": "dave", "link": [{"other": {"reference": "Patient/erin"}}]});
         assert_eq!(patients_of_text("Patient", &patient.to_string()), ["dave"]);
         assert!(patients_of_text("Observation", "not json").is_empty());

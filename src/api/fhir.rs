@@ -29,7 +29,11 @@ fn audited(
 ) -> HttpResponse {
     let mut patients: Vec<String> = resources
         .iter()
-        .filter_map(|r| r.content.as_deref().map(|c| patients_of_text(&r.res_type, c)))
+        .filter_map(|r| {
+            r.content
+                .as_deref()
+                .map(|c| patients_of_text(&r.res_type, c))
+        })
         .flatten()
         .collect();
     patients.sort();

@@ -118,7 +118,10 @@ impl Revocations {
     }
 
     fn loaded(&self) -> bool {
-        self.state.lock().ok().is_some_and(|s| s.loaded_at.is_some())
+        self.state
+            .lock()
+            .ok()
+            .is_some_and(|s| s.loaded_at.is_some())
     }
 
     fn contains(&self, jti: &str) -> bool {

@@ -169,9 +169,9 @@ fn may_see_labels(access: &Access, r: &StoredResource) -> bool {
         return true;
     }
     match r.content.as_deref() {
-        Some(text) if text.contains(crate::fhir::labels::PSY_SYSTEM) => r
-            .json()
-            .is_none_or(|json| access.may_see_labels(&json)),
+        Some(text) if text.contains(crate::fhir::labels::PSY_SYSTEM) => {
+            r.json().is_none_or(|json| access.may_see_labels(&json))
+        }
         _ => true,
     }
 }

@@ -13,8 +13,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fhir::outcome::Issue;
 use crate::fhir::registry;
 use crate::service::bundle;
-use crate::store::{Method, NewResource};
 use crate::store::db::Tx;
+use crate::store::{Method, NewResource};
 
 /// The parsed `request` of one entry.
 #[derive(Debug, Clone)]
@@ -476,7 +476,9 @@ impl FhirService {
                 pos += 1;
             }
             for i in singles {
-                responses[i] = self.single_entry(tx, access, &entries[i], &existing).await?;
+                responses[i] = self
+                    .single_entry(tx, access, &entries[i], &existing)
+                    .await?;
             }
         }
         Ok(responses)
@@ -500,7 +502,10 @@ impl FhirService {
             if e.method == "PUT"
                 && let Some(id) = &e.id
             {
-                wanted.entry(e.res_type.as_str()).or_default().push(id.as_str());
+                wanted
+                    .entry(e.res_type.as_str())
+                    .or_default()
+                    .push(id.as_str());
             }
         }
         let mut present: HashSet<(String, String)> = HashSet::new();

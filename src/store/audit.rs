@@ -44,15 +44,20 @@ pub struct AuditRow {
 }
 
 fn text_at(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer).and_then(Value::as_str).map(str::to_owned)
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// `Type/id` of a relative reference (the gateway writes only those); anything else is not searchable by it.
 fn relative_reference(v: &Value) -> Option<String> {
     let r = v.get("reference")?.as_str()?;
     let (t, id) = r.split_once('/')?;
-    (!t.is_empty() && !id.is_empty() && !id.contains('/') && t.chars().all(|c| c.is_ascii_alphabetic()))
-        .then(|| r.to_owned())
+    (!t.is_empty()
+        && !id.is_empty()
+        && !id.contains('/')
+        && t.chars().all(|c| c.is_ascii_alphabetic()))
+    .then(|| r.to_owned())
 }
 
 impl AuditRow {
@@ -131,7 +136,12 @@ fn unsupported(what: &str) -> Error {
 
 /// A token condition on a (system, code) column pair; false (never NULL) when the column is empty, so that `NOT`
 /// works on it.
-fn token_condition(sql: &mut Sql, system_col: Option<&str>, code_col: &str, v: &SearchValue) -> Result<()> {
+fn token_condition(
+    sql: &mut Sql,
+    system_col: Option<&str>,
+    code_col: &str,
+    v: &SearchValue,
+) -> Result<()> {
     let SearchValue::Token { system, code } = v else {
         return Err(Error::bad_request("a token value was expected"));
     };
@@ -158,8 +168,18 @@ fn token_condition(sql: &mut Sql, system_col: Option<&str>, code_col: &str, v: &
 }
 
 /// The reference targets (`Type/id`, or a `LIKE` pattern for a bare id) of one reference value.
-fn reference_condition(sql: &mut Sql, param: &str, modifier: &Modifier, v: &SearchValue) -> Result<()> {
-    let SearchValue::Reference { target_type, id, url } = v else {
+fn reference_condition(
+    sql: &mut Sql,
+    param: &str,
+    modifier: &Modifier,
+    v: &SearchValue,
+) -> Result<()> {
+    let SearchValue::Reference {
+        target_type,
+        id,
+        url,
+    } = v
+    else {
         return Err(Error::bad_request("a reference value was expected"));
     };
     let target_type = match modifier {
@@ -217,10 +237,16 @@ fn criterion_condition(sql: &mut Sql, c: &Criterion) -> Result<()> {
             sql.push(if *missing { "1 = 0" } else { "1 = 1" });
         }
         ("_id", Modifier::None | Modifier::Not) => {
-            sql.push(if c.modifier == Modifier::Not { "NOT " } else { "" });
+            sql.push(if c.modifier == Modifier::Not {
+                "NOT "
+            } else {
+                ""
+            });
             or_each(sql, &c.values, |sql, v| {
                 match v {
-                    SearchValue::Token { code: Some(code), .. } => sql.push("e.id = ").bind(code.as_str()),
+                    SearchValue::Token {
+                        code: Some(code), ..
+                    } => sql.push("e.id = ").bind(code.as_str()),
                     _ => sql.push("1 = 0"),
                 };
                 Ok(())
@@ -248,18 +274,29 @@ fn criterion_condition(sql: &mut Sql, c: &Criterion) -> Result<()> {
             };
             match modifier {
                 Modifier::Missing(missing) => {
-                    sql.push(&format!("{code_col} IS {}NULL", if *missing { "" } else { "NOT " }));
+                    sql.push(&format!(
+                        "{code_col} IS {}NULL",
+                        if *missing { "" } else { "NOT " }
+                    ));
                 }
-                Modifier::None => or_each(sql, &c.values, |sql, v| token_condition(sql, system_col, code_col, v))?,
+                Modifier::None => or_each(sql, &c.values, |sql, v| {
+                    token_condition(sql, system_col, code_col, v)
+                })?,
                 Modifier::Not => {
                     sql.push("NOT ");
-                    or_each(sql, &c.values, |sql, v| token_condition(sql, system_col, code_col, v))?;
+                    or_each(sql, &c.values, |sql, v| {
+                        token_condition(sql, system_col, code_col, v)
+                    })?;
                 }
                 _ => return Err(unsupported(&format!("this modifier on '{name}'"))),
             }
         }
         (param @ ("patient" | "agent" | "entity"), modifier) => {
-            let param = REF_PARAMS.iter().find(|p| **p == param).copied().unwrap_or("patient");
+            let param = REF_PARAMS
+                .iter()
+                .find(|p| **p == param)
+                .copied()
+                .unwrap_or("patient");
             match modifier {
                 Modifier::Missing(missing) => {
                     sql.push(if *missing { "e.pk NOT IN " } else { "e.pk IN " })
@@ -271,13 +308,19 @@ fn criterion_condition(sql: &mut Sql, c: &Criterion) -> Result<()> {
                     sql.push("e.pk IN (SELECT a.event_pk FROM audit_event_refs a WHERE a.param = ")
                         .bind(param)
                         .push(" AND ");
-                    or_each(sql, &c.values, |sql, v| reference_condition(sql, param, modifier, v))?;
+                    or_each(sql, &c.values, |sql, v| {
+                        reference_condition(sql, param, modifier, v)
+                    })?;
                     sql.push(")");
                 }
                 _ => return Err(unsupported(&format!("this modifier on '{name}'"))),
             }
         }
-        _ => return Err(unsupported(&format!("the parameter '{name}' (with this modifier)"))),
+        _ => {
+            return Err(unsupported(&format!(
+                "the parameter '{name}' (with this modifier)"
+            )));
+        }
     }
     Ok(())
 }
@@ -350,13 +393,18 @@ impl Store {
             // Keys come back matched by id: neither database promises the order of RETURNING rows.
             sql.push(" RETURNING pk, id");
             let keys = tx.fetch(&sql, &[Col::Int, Col::Text]).await?;
-            let pk_of: std::collections::HashMap<String, i64> =
-                keys.into_iter().map(|row| (row.text(1), row.int(0))).collect();
-            let mut refs = Sql::new("INSERT INTO audit_event_refs (param, target, event_pk) VALUES ");
+            let pk_of: std::collections::HashMap<String, i64> = keys
+                .into_iter()
+                .map(|row| (row.text(1), row.int(0)))
+                .collect();
+            let mut refs =
+                Sql::new("INSERT INTO audit_event_refs (param, target, event_pk) VALUES ");
             let mut n = 0;
             for r in chunk {
                 let Some(pk) = pk_of.get(&r.id) else {
-                    return Err(Error::internal(anyhow::anyhow!("audit insert returned no key")));
+                    return Err(Error::internal(anyhow::anyhow!(
+                        "audit insert returned no key"
+                    )));
                 };
                 for (param, target) in &r.refs {
                     if n > 0 {
@@ -384,12 +432,17 @@ impl Store {
         }
         let sort_desc = match q.sort.as_slice() {
             [] => None,
-            [key] if matches!(key.target, Target::LastUpdated)
-                || matches!(key.target, Target::Param(d) if d.name == "date") =>
+            [key]
+                if matches!(key.target, Target::LastUpdated)
+                    || matches!(key.target, Target::Param(d) if d.name == "date") =>
             {
                 Some(key.descending)
             }
-            _ => return Err(unsupported("this _sort (only date, -date, _lastUpdated, -_lastUpdated)")),
+            _ => {
+                return Err(unsupported(
+                    "this _sort (only date, -date, _lastUpdated, -_lastUpdated)",
+                ));
+            }
         };
         let conditions = where_clause(q)?;
         let mut page = SearchPage::default();
@@ -406,7 +459,11 @@ impl Store {
         let backwards = matches!(&q.cursor, Some(c) if c.direction == Direction::Prev);
         let mut sql = Sql::new(&format!(
             "SELECT * FROM (SELECT {EVENT_COLS}{} FROM audit_events e WHERE ",
-            if sort_desc.is_some() { ", e.recorded AS k0" } else { "" }
+            if sort_desc.is_some() {
+                ", e.recorded AS k0"
+            } else {
+                ""
+            }
         ));
         sql.append(&conditions).push(") s");
         if let Some(cursor) = &q.cursor {
@@ -415,7 +472,11 @@ impl Store {
         }
         sql.push(" ORDER BY ");
         if let Some(desc) = sort_desc {
-            sql.push(if desc != backwards { "s.k0 DESC, " } else { "s.k0 ASC, " });
+            sql.push(if desc != backwards {
+                "s.k0 DESC, "
+            } else {
+                "s.k0 ASC, "
+            });
         }
         sql.push(if backwards { "s.pk DESC" } else { "s.pk ASC" });
         sql.push(" LIMIT ").bind((q.count + 1) as i64);
@@ -448,11 +509,23 @@ impl Store {
         };
         let (first, last) = (rows.first(), rows.last());
         if backwards {
-            page.prev = if more { first.map(|r| cursor_at(r, Direction::Prev)) } else { None };
+            page.prev = if more {
+                first.map(|r| cursor_at(r, Direction::Prev))
+            } else {
+                None
+            };
             page.next = last.map(|r| cursor_at(r, Direction::Next));
         } else {
-            page.next = if more { last.map(|r| cursor_at(r, Direction::Next)) } else { None };
-            page.prev = if q.cursor.is_some() { first.map(|r| cursor_at(r, Direction::Prev)) } else { None };
+            page.next = if more {
+                last.map(|r| cursor_at(r, Direction::Next))
+            } else {
+                None
+            };
+            page.prev = if q.cursor.is_some() {
+                first.map(|r| cursor_at(r, Direction::Prev))
+            } else {
+                None
+            };
         }
         page.matches = rows
             .into_iter()

@@ -236,8 +236,9 @@ type WriteLock = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// The in-process write lock of a SQLite database file (one per file, shared by every pool on it).
 fn sqlite_write_lock(pool: &SqlitePool) -> WriteLock {
-    static LOCKS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, WriteLock>>> =
-        std::sync::LazyLock::new(Default::default);
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, WriteLock>>,
+    > = std::sync::LazyLock::new(Default::default);
     let file = pool
         .connect_options()
         .get_filename()

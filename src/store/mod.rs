@@ -201,15 +201,28 @@ impl Store {
 
     /// Which of `ids` exist as `res_type` (deleted or not). On PostgreSQL the rows are locked until the transaction
     /// ends, as [`Store::current_for_update`] does.
-    pub async fn existing_ids(&self, tx: &mut Tx, res_type: &str, ids: &[&str]) -> Result<Vec<String>> {
+    pub async fn existing_ids(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        ids: &[&str],
+    ) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in ids.chunks(INSERT_CHUNK * 2) {
             let mut sql = Sql::new("SELECT id FROM resources WHERE res_type = ");
-            sql.bind(res_type).push(" AND id IN (").bind_list(chunk).push(")");
+            sql.bind(res_type)
+                .push(" AND id IN (")
+                .bind_list(chunk)
+                .push(")");
             if tx.backend() == db::Backend::Postgres {
                 sql.push(" FOR UPDATE");
             }
-            out.extend(tx.fetch(&sql, &[Col::Text]).await?.into_iter().map(|r| r.text(0)));
+            out.extend(
+                tx.fetch(&sql, &[Col::Text])
+                    .await?
+                    .into_iter()
+                    .map(|r| r.text(0)),
+            );
         }
         Ok(out)
     }

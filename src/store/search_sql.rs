@@ -47,7 +47,14 @@ pub(crate) fn escape_like(s: &str) -> String {
 
 /// The date comparison of R4 (https://hl7.org/fhir/R4/search.html#prefix) between an indexed range `[lo, hi]`
 /// (column expressions) and a search range.
-pub(crate) fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, shi: i64) {
+pub(crate) fn date_condition(
+    sql: &mut Sql,
+    lo: &str,
+    hi: &str,
+    prefix: Prefix,
+    slo: i64,
+    shi: i64,
+) {
     match prefix {
         Prefix::Eq => {
             sql.push(&format!("({lo} >= "))

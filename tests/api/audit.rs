@@ -249,10 +249,7 @@ async fn the_audit_trail_is_read_only_and_searchable_by_its_own_parameters() {
         .await;
     assert_eq!(none.body["total"], 0);
     let not_read = app
-        .get_with(
-            &auditor,
-            "/fhir/AuditEvent?patient=alice&subtype:not=read",
-        )
+        .get_with(&auditor, "/fhir/AuditEvent?patient=alice&subtype:not=read")
         .await;
     assert!(
         not_read.body["entry"]
