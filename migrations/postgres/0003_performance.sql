@@ -60,3 +60,8 @@ DELETE FROM resources WHERE res_type = 'AuditEvent';
 
 -- Each replica re-reads recent revocations every second.
 CREATE INDEX issued_tokens_revoked ON issued_tokens (revoked_at) WHERE revoked_at IS NOT NULL;
+
+-- A search's non-driving token criteria are checked per found resource by (res_pk, param, code): the wider index
+-- answers them without reading the table.
+DROP INDEX idx_token_res;
+CREATE INDEX idx_token_res ON idx_token (res_pk, param, code, system);
