@@ -10,7 +10,7 @@ use crate::fhir::search::{
     SortKey, Target, TokenSystem, TotalMode,
 };
 
-use super::db::{Col, Sql, Tx, Val};
+use super::db::{Backend, Col, Sql, Tx, Val};
 use super::{RESOURCE_COLS, RESOURCE_KINDS, Store, StoredResource, resource_from_row};
 
 /// One page of results.
@@ -378,7 +378,7 @@ fn or_values(sql: &mut Sql, criterion: &Criterion) {
 }
 
 /// `WHERE` of the base query: type, not deleted, every criterion and the compartment.
-fn where_clause(q: &SearchQuery) -> Sql {
+fn where_clause(q: &SearchQuery, backend: Backend) -> Sql {
     // The patient compartment, when there is one, drives; otherwise the first positive reference criterion (usually
     // the most selective: one patient's data), else the first positive criterion.
     let positive = |c: &&Criterion| {
@@ -393,10 +393,12 @@ fn where_clause(q: &SearchQuery) -> Sql {
             .position(|c| positive(&c) && c.target.kind() == ParamKind::Reference)
             .or_else(|| q.criteria.iter().position(|c| positive(&c)))
     };
-    // With a driving `pk IN (…)`, the type test is written so that no index serves it: otherwise SQLite's planner
+    // With a driving `pk IN (…)`, SQLite's type test is written so that no index serves it: otherwise its planner
     // (which has no statistics) scans every resource of the type through (res_type, last_updated) and probes the
-    // driver's list for each, instead of looking up the few keys the driver yields.
-    let mut sql = Sql::new(if driver.is_some() || q.compartment.is_some() {
+    // driver's list for each, instead of looking up the few keys the driver yields. PostgreSQL plans from its
+    // statistics, which the rewritten test would only blur.
+    let drives = driver.is_some() || q.compartment.is_some();
+    let mut sql = Sql::new(if drives && backend == Backend::Sqlite {
         "r.res_type || '' = "
     } else {
         "r.res_type = "
@@ -546,7 +548,7 @@ impl Store {
         }
         inner
             .push(" FROM resources r WHERE ")
-            .append(&where_clause(q));
+            .append(&where_clause(q, tx.backend()));
 
         let backwards = matches!(&q.cursor, Some(c) if c.direction == Direction::Prev);
         let mut sql = Sql::new("SELECT * FROM (");
@@ -620,7 +622,7 @@ impl Store {
     /// `Bundle.total`: every match of the search, on all pages.
     async fn count_matches(&self, tx: &mut Tx, q: &SearchQuery) -> Result<i64> {
         let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE ");
-        sql.append(&where_clause(q));
+        sql.append(&where_clause(q, tx.backend()));
         let rows = tx.fetch(&sql, &[Col::Int]).await?;
         Ok(rows.first().map(|r| r.int(0)).unwrap_or(0))
     }
