@@ -3,7 +3,8 @@
 //!
 //! Events are written through a group-commit writer: each request hands its event over and waits until the
 //! transaction holding it has committed, so nothing is answered unaudited, while many concurrent requests share one
-//! database transaction. Events never carry note text, search values or resource content: only who, which client,
+//! database transaction. They go to the audit trail's own append-only table (`store::audit`), not the resource
+//! store: one row per event plus its patient, agent and entity references. Events never carry note text, search values or resource content: only who, which client,
 //! which interaction on which resource type and id, which patients, and the HTTP status.
 
 use serde_json::{Value, json};
@@ -12,8 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::fhir::extract::{extract, extract_params};
-use crate::store::{Method, NewResource, Store};
+use crate::fhir::extract::extract_params;
+use crate::store::Store;
+use crate::store::audit::AuditRow;
 
 /// Largest number of events committed together.
 const BATCH: usize = 256;
@@ -85,6 +87,61 @@ pub fn patients_of(resource_type: &str, resource: &Value) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Patients whose compartment a stored resource is in, from its JSON text. Only the top-level elements that the
+/// compartment parameters read are parsed into values; the rest is skipped over, which costs a fraction of a full
+/// parse (this runs for every resource of every response).
+pub fn patients_of_text(resource_type: &str, text: &str) -> Vec<String> {
+    let mut wanted: Vec<&str> = vec!["id"];
+    for name in crate::fhir::registry::patient_compartment_params(resource_type) {
+        if let Some(def) = crate::fhir::registry::find(resource_type, name) {
+            wanted.extend(def.paths.iter().filter_map(|p| p.split('.').next()));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    match serde::de::DeserializeSeed::deserialize(TopLevel(&wanted), &mut de) {
+        Ok(partial) => patients_of(resource_type, &partial),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Deserializes a JSON object keeping only the named members.
+struct TopLevel<'a>(&'a [&'a str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TopLevel<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if self.0.contains(&key.as_ref()) {
+                let value: Value = map.next_value()?;
+                out.insert(key.into_owned(), value);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn action(interaction: &str) -> &'static str {
@@ -282,15 +339,12 @@ async fn writer(
 }
 
 async fn write_batch(store: &Store, batch: &[Pending]) -> std::result::Result<(), String> {
-    let items: Vec<NewResource> = batch
+    // Everything but the insert happens before the write lock is taken.
+    let rows = batch
         .iter()
-        .map(|(event, _)| NewResource {
-            res_type: "AuditEvent".into(),
-            id: uuid::Uuid::new_v4().to_string(),
-            index: extract("AuditEvent", event),
-            resource: event.clone(),
-        })
-        .collect();
+        .map(|(event, _)| AuditRow::new(event.clone()))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| e.to_string())?;
     let mut tx = store.begin_write().await.map_err(|e| e.to_string())?;
     if tx.backend() == crate::store::db::Backend::Postgres {
         // The commit is visible to every reader at once, but the disk flush happens with PostgreSQL's next WAL
@@ -302,10 +356,10 @@ async fn write_batch(store: &Store, batch: &[Pending]) -> std::result::Result<()
         .await
         .map_err(|e| e.to_string())?;
     }
-    store
-        .insert_many(&mut tx, items, Method::Post)
-        .await
-        .map_err(|e| e.to_string())?;
+    if let Err(e) = store.append_audit(&mut tx, &rows).await {
+        let _ = tx.rollback().await;
+        return Err(e.to_string());
+    }
     tx.commit().await.map_err(|e| e.to_string())
 }
 
@@ -313,6 +367,24 @@ async fn write_batch(store: &Store, batch: &[Pending]) -> std::result::Result<()
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patients_from_the_json_text_match_those_from_the_parsed_resource() {
+        let obs = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"text": "PHQ-9", "coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+            "subject": {"reference": "Patient/alice"},
+            "performer": [{"reference": "Patient/bob"}, {"reference": "Practitioner/lee"}],
+            "valueQuantity": {"value": 1.50}, "note": [{"text": "Patient/carol"}]});
+        let text = obs.to_string();
+        assert_eq!(patients_of_text("Observation", &text), ["alice", "bob"]);
+        assert_eq!(
+            patients_of_text("Observation", &text),
+            patients_of("Observation", &obs)
+        );
+        let patient = json!({"resourceType": "Patient", "id": "dave", "link": [{"other": {"reference": "Patient/erin"}}]});
+        assert_eq!(patients_of_text("Patient", &patient.to_string()), ["dave"]);
+        assert!(patients_of_text("Observation", "not json").is_empty());
+    }
 
     #[test]
     fn an_audit_event_names_client_user_resource_and_patient_but_no_search_values() {
@@ -339,7 +411,7 @@ mod tests {
         assert_eq!(e["agent"][1]["who"]["reference"], "Practitioner/lee");
         assert_eq!(e["entity"][1]["what"]["reference"], "Patient/alice");
         assert_eq!(e["entity"][0]["detail"][0]["valueString"], "code,patient");
-        let index = extract("AuditEvent", &e);
+        let index = crate::fhir::extract::extract("AuditEvent", &e);
         assert!(index.iter().any(|i| i.param == "patient"));
     }
 }

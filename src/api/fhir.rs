@@ -12,7 +12,7 @@ use super::response::{
     Return, json_response, negotiate, parse_json, prefer_return, prefer_strict, read_body,
     resource_response, write_response,
 };
-use crate::audit::patients_of;
+use crate::audit::{patients_of, patients_of_text};
 use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::capability::capability_statement;
@@ -29,7 +29,11 @@ fn audited(
 ) -> HttpResponse {
     let mut patients: Vec<String> = resources
         .iter()
-        .filter_map(|r| r.json().map(|j| patients_of(&r.res_type, &j)))
+        .filter_map(|r| {
+            r.content
+                .as_deref()
+                .map(|c| patients_of_text(&r.res_type, c))
+        })
         .flatten()
         .collect();
     patients.sort();

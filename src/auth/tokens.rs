@@ -79,6 +79,58 @@ pub struct Authenticator {
     /// Tokens whose signature and claims were verified, by digest: an ES384 check costs far more than the rest of a
     /// read. Bounded; cleared when full.
     verified: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Value>>>,
+    /// Revoked, unexpired token ids as last read from the database (see [`REVOCATION_REFRESH`]).
+    revocations: Arc<Revocations>,
+}
+
+/// How often a replica re-reads the revocations made by others. A token revoked through this replica is refused at
+/// once; one revoked through another replica sharing the database is refused here within this interval.
+pub const REVOCATION_REFRESH: Duration = Duration::from_secs(1);
+
+/// Revocations are re-read with this much overlap, so that a revocation stamped by a replica whose clock is behind
+/// ours is still seen.
+const REVOCATION_OVERLAP_MICROS: i64 = 60_000_000;
+
+/// The per-replica copy of the revoked token ids, so that checking a known token needs no database round trip.
+#[derive(Debug, Default)]
+struct Revocations {
+    state: std::sync::Mutex<RevocationState>,
+    /// Held by the one request that re-reads the table; the others go on with the copy they have.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct RevocationState {
+    /// jti → expires_at (microseconds), to forget entries once the token has expired anyway.
+    revoked: std::collections::HashMap<String, i64>,
+    loaded_at: Option<Instant>,
+    /// Largest `revoked_at` seen.
+    watermark: i64,
+}
+
+impl Revocations {
+    fn fresh(&self) -> bool {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.loaded_at)
+            .is_some_and(|at| at.elapsed() < REVOCATION_REFRESH)
+    }
+
+    fn loaded(&self) -> bool {
+        self.state
+            .lock()
+            .ok()
+            .is_some_and(|s| s.loaded_at.is_some())
+    }
+
+    fn contains(&self, jti: &str) -> bool {
+        // A poisoned lock means a panic elsewhere: refuse rather than trust.
+        self.state
+            .lock()
+            .map(|s| s.revoked.contains_key(jti))
+            .unwrap_or(true)
+    }
 }
 
 /// 401 with the RFC 6750 challenge.
@@ -150,6 +202,7 @@ impl Authenticator {
             builtin: true,
             external_jwks: Arc::new(RwLock::new(JwksCache::default())),
             verified: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+            revocations: Arc::new(Revocations::default()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -230,7 +283,7 @@ impl Authenticator {
             .push(" AND revoked_at IS NULL");
         tx.execute(&sql).await?;
         tx.commit().await?;
-        Ok(())
+        self.refresh_revocations(true).await
     }
 
     /// Revokes one access token by its id.
@@ -243,11 +296,67 @@ impl Authenticator {
             .push(" AND revoked_at IS NULL");
         tx.execute(&sql).await?;
         tx.commit().await?;
+        self.refresh_revocations(true).await
+    }
+
+    /// Re-reads the revocations made since the last read (by any replica), when the copy is older than
+    /// [`REVOCATION_REFRESH`] or `force` is set. While one request re-reads, the others use the copy they have.
+    async fn refresh_revocations(&self, force: bool) -> Result<(), Error> {
+        let revs = &self.revocations;
+        if !force && revs.fresh() {
+            return Ok(());
+        }
+        let _guard = if force || !revs.loaded() {
+            revs.refreshing.lock().await
+        } else {
+            match revs.refreshing.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(()),
+            }
+        };
+        if !force && revs.fresh() {
+            return Ok(());
+        }
+        let since = revs
+            .state
+            .lock()
+            .map(|s| s.watermark)
+            .unwrap_or(0)
+            .saturating_sub(REVOCATION_OVERLAP_MICROS);
+        let now = now_micros();
+        let started = Instant::now();
+        let mut sql =
+            Sql::new("SELECT jti, expires_at, revoked_at FROM issued_tokens WHERE revoked_at >= ");
+        sql.bind(since).push(" AND expires_at > ").bind(now);
+        let rows = self
+            .db
+            .fetch(&sql, &[Col::Text, Col::Int, Col::Int])
+            .await?;
+        let mut state = self
+            .revocations
+            .state
+            .lock()
+            .map_err(|_| Error::internal(anyhow::anyhow!("revocation list lock poisoned")))?;
+        for row in rows {
+            state.watermark = state.watermark.max(row.int(2));
+            state.revoked.insert(row.text(0), row.int(1));
+        }
+        let horizon = now - (LEEWAY_SECS + 60) * 1_000_000;
+        state.revoked.retain(|_, expires| *expires > horizon);
+        state.loaded_at = Some(started);
         Ok(())
     }
 
+    /// Whether a token already seen (signature, claims and its record checked) has been revoked since, from this
+    /// replica's copy of the revocations.
+    async fn is_revoked_known(&self, jti: &str) -> Result<bool, Error> {
+        self.refresh_revocations(false).await?;
+        Ok(self.revocations.contains(jti))
+    }
+
     async fn is_revoked(&self, jti: &str) -> Result<bool, Error> {
-        // Asked of the database on every request, so a revocation made by any replica applies at once.
+        // Asked of the database the first time a token is seen (it must have been recorded); later requests with the
+        // same token check this replica's copy of the revocations instead (`is_revoked_known`).
         let mut sql = Sql::new("SELECT revoked_at FROM issued_tokens WHERE jti = ");
         sql.bind(jti);
         let rows = self.db.fetch(&sql, &[Col::OptInt]).await?;
@@ -264,11 +373,12 @@ impl Authenticator {
             .ok()
             .and_then(|c| c.get(&digest).cloned());
         if let Some(claims) = cached {
-            // The signature and claims were checked before; lifetime and revocation are checked every time.
+            // The signature, the claims and the token's record were checked before; lifetime and revocation are
+            // checked every time, revocation against this replica's copy of the list (re-read every second).
             check_times(&claims)?;
             let jti =
                 claim_str(&claims, "jti").ok_or_else(|| unauthorized("the token has no jti"))?;
-            if self.is_revoked(&jti).await? {
+            if self.is_revoked_known(&jti).await? {
                 return Err(unauthorized("the token has been revoked"));
             }
             return Ok(claims);

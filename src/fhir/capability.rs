@@ -60,6 +60,36 @@ fn search_params(resource_type: &str) -> Vec<Value> {
     out
 }
 
+/// AuditEvents are the server's append-only audit trail (`store::audit`): read, vread and search on the parameters
+/// it keeps, nothing else.
+fn audit_event_capability(r: &mut Value) {
+    let Some(obj) = r.as_object_mut() else {
+        return;
+    };
+    obj.insert(
+        "interaction".into(),
+        json!([{"code": "read"}, {"code": "vread"}, {"code": "search-type"}]),
+    );
+    for key in [
+        "versioning",
+        "updateCreate",
+        "conditionalCreate",
+        "conditionalUpdate",
+        "conditionalDelete",
+    ] {
+        obj.remove(key);
+    }
+    obj.insert("readHistory".into(), json!(false));
+    obj.insert("searchInclude".into(), json!([]));
+    if let Some(Value::Array(params)) = obj.get_mut("searchParam") {
+        params.retain(|p| {
+            p["name"].as_str().is_some_and(|n| {
+                n == "_id" || n == "_lastUpdated" || crate::store::audit::SEARCH_PARAMS.contains(&n)
+            })
+        });
+    }
+}
+
 /// Builds the statement.
 pub fn capability_statement(input: &CapabilityInput) -> Value {
     let mut resources: Vec<Value> = Vec::new();
@@ -73,6 +103,8 @@ pub fn capability_statement(input: &CapabilityInput) -> Value {
         includes.sort();
         let revincludes: Vec<String> = SUPPORTED_TYPES
             .iter()
+            // AuditEvents live in the audit trail, outside the resource store: they cannot be revincluded.
+            .filter(|src| **src != "AuditEvent")
             .flat_map(|src| {
                 registry::type_params(src)
                     .unwrap_or(&[])
@@ -100,6 +132,9 @@ pub fn capability_statement(input: &CapabilityInput) -> Value {
             "searchRevInclude": revincludes,
             "searchParam": search_params(t),
         });
+        if *t == "AuditEvent" {
+            audit_event_capability(&mut r);
+        }
         let profiles: Vec<&String> = input
             .supported_profiles
             .iter()

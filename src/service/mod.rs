@@ -147,6 +147,35 @@ pub fn criteria_hash(params: &[(String, String)]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// AuditEvents are kept in the audit trail's own table (`store::audit`), written by the server only.
+const AUDIT_EVENT: &str = "AuditEvent";
+
+fn refuse_audit_write(res_type: &str) -> Result<()> {
+    if res_type == AUDIT_EVENT {
+        Err(Error::new(
+            ErrorKind::MethodNotAllowed,
+            "AuditEvents are recorded by the server itself; the audit trail is read-only",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether the token may see a stored resource's security labels (psychotherapy notes). The label's system URL
+/// appears verbatim in the stored JSON text (written by serde_json, which escapes no `/`), so a resource whose
+/// text lacks it is not parsed at all: the common case of a read costs no JSON parse here.
+fn may_see_labels(access: &Access, r: &StoredResource) -> bool {
+    if access.psychotherapy {
+        return true;
+    }
+    match r.content.as_deref() {
+        Some(text) if text.contains(crate::fhir::labels::PSY_SYSTEM) => {
+            r.json().is_none_or(|json| access.may_see_labels(&json))
+        }
+        _ => true,
+    }
+}
+
 /// Strips the server-owned parts of a resource so that two versions can be compared for a no-op update.
 fn without_server_meta(resource: &Value) -> Value {
     let mut copy = resource.clone();
@@ -214,9 +243,7 @@ impl FhirService {
         permit: &Permit,
         r: &StoredResource,
     ) -> Result<bool> {
-        if let Some(json) = r.json()
-            && !access.may_see_labels(&json)
-        {
+        if !may_see_labels(access, r) {
             return Ok(false);
         }
         if let Some(patient) = &permit.compartment
@@ -343,6 +370,12 @@ impl FhirService {
     pub async fn read(&self, access: &Access, res_type: &str, id: &str) -> Result<StoredResource> {
         require_supported(res_type)?;
         let permit = access.permit(res_type, Op::Read)?;
+        if res_type == AUDIT_EVENT {
+            let mut tx = self.store.begin_read().await?;
+            let found = self.audit_read(&mut tx, access, &permit, id).await;
+            tx.rollback().await?;
+            return found;
+        }
         if permit.compartment.is_none() && permit.queries.is_empty() {
             // Nothing to check against the database beyond the row itself: one statement, no transaction.
             return match self.store.current_direct(res_type, id).await? {
@@ -350,12 +383,10 @@ impl FhirService {
                 Some(r) if r.deleted => {
                     Err(Error::gone(format!("{res_type}/{id} has been deleted")))
                 }
-                Some(r) => match r.json() {
-                    Some(json) if !access.may_see_labels(&json) => {
-                        Err(Error::not_found(format!("{res_type}/{id} is not known")))
-                    }
-                    _ => Ok(r),
-                },
+                Some(r) if !may_see_labels(access, &r) => {
+                    Err(Error::not_found(format!("{res_type}/{id} is not known")))
+                }
+                Some(r) => Ok(r),
             };
         }
         let mut tx = self.store.begin_read().await?;
@@ -372,6 +403,9 @@ impl FhirService {
         res_type: &str,
         id: &str,
     ) -> Result<StoredResource> {
+        if res_type == AUDIT_EVENT {
+            return self.audit_read(tx, access, permit, id).await;
+        }
         match self
             .visible_current(tx, access, permit, res_type, id, false)
             .await?
@@ -380,6 +414,32 @@ impl FhirService {
             Some(r) if r.deleted => Err(Error::gone(format!("{res_type}/{id} has been deleted"))),
             Some(r) => Ok(r),
         }
+    }
+
+    /// An AuditEvent from the audit trail, narrowed like a search to what the token may see.
+    async fn audit_read(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        permit: &Permit,
+        id: &str,
+    ) -> Result<StoredResource> {
+        let mut q = search::parse(
+            AUDIT_EVENT,
+            &[("_id".to_owned(), id.to_owned())],
+            self.parse_options(false),
+        )
+        .map_err(|issues| Error::with_issues(ErrorKind::BadRequest, issues))?;
+        q.count = 1;
+        q.total = TotalMode::None;
+        self.restrict(&mut q, access, permit)?;
+        self.store
+            .search_audit(tx, &q)
+            .await?
+            .matches
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::not_found(format!("{AUDIT_EVENT}/{id} is not known")))
     }
 
     /// vread: https://hl7.org/fhir/R4/http.html#vread
@@ -414,6 +474,17 @@ impl FhirService {
         id: &str,
         v: i64,
     ) -> Result<StoredResource> {
+        if res_type == AUDIT_EVENT {
+            // Audit events are never changed: version 1 is the only one.
+            let r = self.audit_read(tx, access, permit, id).await?;
+            return if v == 1 {
+                Ok(r)
+            } else {
+                Err(Error::not_found(format!(
+                    "Version {v} of {res_type}/{id} is not known"
+                )))
+            };
+        }
         // Compartment and granular restrictions follow the resource as it is now.
         self.visible_current(tx, access, permit, res_type, id, false)
             .await?;
@@ -495,6 +566,7 @@ impl FhirService {
         if_none_exist: Option<&str>,
         id: Option<String>,
     ) -> std::result::Result<WriteOutcome, CreateError> {
+        refuse_audit_write(res_type)?;
         let permit = access.permit(res_type, Op::Create)?;
         let mut key = None;
         if let Some(criteria) = if_none_exist {
@@ -608,6 +680,7 @@ impl FhirService {
         if_match: Option<i64>,
         method: Method,
     ) -> Result<WriteOutcome> {
+        refuse_audit_write(res_type)?;
         let permit = access.permit(res_type, Op::Update)?;
         let current = self
             .visible_current(tx, access, &permit, res_type, id, true)
@@ -766,6 +839,7 @@ impl FhirService {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<Option<StoredResource>> {
+        refuse_audit_write(res_type)?;
         let permit = access.permit(res_type, Op::Delete)?;
         match self
             .visible_current(tx, access, &permit, res_type, id, true)
@@ -809,6 +883,7 @@ impl FhirService {
         res_type: &str,
         params: &[(String, String)],
     ) -> Result<Option<StoredResource>> {
+        refuse_audit_write(res_type)?;
         let permit = access.permit(res_type, Op::Delete)?;
         let matches = self
             .match_conditional(tx, access, &permit, res_type, params)
@@ -918,6 +993,9 @@ impl FhirService {
         let permit = access.permit(&q.resource_type, Op::Search)?;
         let mut q = q.clone();
         self.restrict(&mut q, access, &permit)?;
+        if q.resource_type == AUDIT_EVENT {
+            return self.store.search_audit(tx, &q).await;
+        }
         let mut page = self.store.search(tx, &q).await?;
         page.includes = self
             .filter_included(tx, access, std::mem::take(&mut page.includes))
@@ -1018,9 +1096,7 @@ impl FhirService {
         let Ok(permit) = access.permit(&r.res_type, Op::Read) else {
             return Ok(false);
         };
-        if let Some(json) = r.json()
-            && !access.may_see_labels(&json)
-        {
+        if !may_see_labels(access, r) {
             return Ok(false);
         }
         if permit.compartment.is_none() && permit.queries.is_empty() {

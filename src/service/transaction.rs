@@ -13,8 +13,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fhir::outcome::Issue;
 use crate::fhir::registry;
 use crate::service::bundle;
-use crate::store::Method;
 use crate::store::db::Tx;
+use crate::store::{Method, NewResource};
 
 /// The parsed `request` of one entry.
 #[derive(Debug, Clone)]
@@ -191,6 +191,22 @@ fn conditional_references(value: &Value, out: &mut HashSet<String>) {
         Value::Array(items) => items.iter().for_each(|v| conditional_references(v, out)),
         _ => {}
     }
+}
+
+/// Whether an entry may be written in a multi-row batch: a plain create (POST without `ifNoneExist`, or PUT to an
+/// id without `ifMatch`) of a validated resource.
+fn bulk_candidate(e: &EntryRequest, existing: &HashSet<usize>) -> bool {
+    let plain = match e.method.as_str() {
+        "POST" => e.if_none_exist.is_none(),
+        "PUT" => e.if_match.is_none(),
+        _ => false,
+    };
+    plain
+        && e.prevalidated
+        && e.resource.is_some()
+        && e.id.is_some()
+        && !existing.contains(&e.index)
+        && e.res_type != "AuditEvent"
 }
 
 /// Processing order of a transaction (https://hl7.org/fhir/R4/http.html#trules).
@@ -437,8 +453,136 @@ impl FhirService {
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by_key(|i| (order_rank(&entries[*i].method), *i));
         let mut responses: Vec<Value> = vec![Value::Null; entries.len()];
-        for i in order {
-            let e = entries[i].clone();
+        let mut pos = 0;
+        while pos < order.len() {
+            // A run of creates (POST, or PUT to an id) of the same rank is written with multi-row statements.
+            let rank = order_rank(&entries[order[pos]].method);
+            let mut end = pos;
+            while end < order.len()
+                && bulk_candidate(&entries[order[end]], &existing)
+                && order_rank(&entries[order[end]].method) == rank
+            {
+                end += 1;
+            }
+            let mut singles: Vec<usize> = Vec::new();
+            if end > pos + 1 {
+                let run: Vec<usize> = order[pos..end].to_vec();
+                singles = self
+                    .bulk_create(tx, access, entries, &run, &mut responses)
+                    .await?;
+                pos = end;
+            } else {
+                singles.push(order[pos]);
+                pos += 1;
+            }
+            for i in singles {
+                responses[i] = self
+                    .single_entry(tx, access, &entries[i], &existing)
+                    .await?;
+            }
+        }
+        Ok(responses)
+    }
+
+    /// Writes the new resources of a run of POST and PUT entries with multi-row statements (resources, history and
+    /// index rows), after the same permission checks as one by one. PUTs whose target already exists are left
+    /// out and returned, to go the single-entry way.
+    async fn bulk_create(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        entries: &[EntryRequest],
+        run: &[usize],
+        responses: &mut [Value],
+    ) -> Result<Vec<usize>> {
+        // Which PUT targets exist already (locked on PostgreSQL, as a single update would).
+        let mut wanted: HashMap<&str, Vec<&str>> = HashMap::new();
+        for &i in run {
+            let e = &entries[i];
+            if e.method == "PUT"
+                && let Some(id) = &e.id
+            {
+                wanted
+                    .entry(e.res_type.as_str())
+                    .or_default()
+                    .push(id.as_str());
+            }
+        }
+        let mut present: HashSet<(String, String)> = HashSet::new();
+        for (res_type, ids) in wanted {
+            for found in self.store.existing_ids(tx, res_type, &ids).await? {
+                present.insert((res_type.to_owned(), found));
+            }
+        }
+        let mut singles = Vec::new();
+        let mut batches: [(Method, Vec<usize>, Vec<NewResource>); 2] = [
+            (Method::Post, Vec::new(), Vec::new()),
+            (Method::Put, Vec::new(), Vec::new()),
+        ];
+        for &i in run {
+            let e = &entries[i];
+            let ctx = entry_path(e.index);
+            let id = e.id.clone().unwrap_or_default();
+            if e.method == "PUT" && present.contains(&(e.res_type.clone(), id.clone())) {
+                singles.push(i);
+                continue;
+            }
+            let resource = e.resource.clone().unwrap_or(Value::Null);
+            let checks = (|| {
+                if e.method == "PUT" {
+                    access.permit(&e.res_type, Op::Update)?;
+                    super::check_id(&id)?;
+                    super::check_body_id(&resource, &id)?;
+                }
+                access.permit(&e.res_type, Op::Create)
+            })();
+            checks.map_err(|err| err.in_context(&ctx))?;
+            let index = self.index_only(&e.res_type, &resource);
+            let slot = usize::from(e.method == "PUT");
+            batches[slot].1.push(i);
+            batches[slot].2.push(NewResource {
+                res_type: e.res_type.clone(),
+                id,
+                resource,
+                index,
+            });
+        }
+        for (method, positions, items) in batches {
+            if items.is_empty() {
+                continue;
+            }
+            let stored = self.store.insert_many(tx, items, method).await?;
+            for (i, r) in positions.into_iter().zip(stored) {
+                let e = &entries[i];
+                let permit = access
+                    .permit(&e.res_type, Op::Create)
+                    .map_err(|err| err.in_context(&entry_path(e.index)))?;
+                self.check_written(tx, access, &permit, &r)
+                    .await
+                    .map_err(|err| err.in_context(&entry_path(e.index)))?;
+                responses[i] = bundle::write_response_entry(
+                    &self.base_url,
+                    &WriteOutcome {
+                        resource: r,
+                        created: true,
+                    },
+                    true,
+                );
+            }
+        }
+        Ok(singles)
+    }
+
+    /// One entry of a transaction, inside `tx`.
+    async fn single_entry(
+        &self,
+        tx: &mut Tx,
+        access: &Access,
+        entry: &EntryRequest,
+        existing: &HashSet<usize>,
+    ) -> Result<Value> {
+        {
+            let e = entry.clone();
             let ctx = entry_path(e.index);
             let resp = if existing.contains(&e.index) {
                 let id = e.id.clone().unwrap_or_default();
@@ -462,9 +606,8 @@ impl FhirService {
                     .await
                     .map_err(|err| err.in_context(&ctx))?
             };
-            responses[i] = resp;
+            Ok(resp)
         }
-        Ok(responses)
     }
 
     /// Executes one entry inside `tx` and returns its response entry.

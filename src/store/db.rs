@@ -66,6 +66,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_auth.sql"),
     ),
     (
+        3,
+        "performance: audit trail table, revocation index",
+        include_str!("../../migrations/sqlite/0003_performance.sql"),
+    ),
+    (
         4,
         "bulk data export",
         include_str!("../../migrations/sqlite/0004_bulk_export.sql"),
@@ -81,6 +86,11 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "authorization server",
         include_str!("../../migrations/postgres/0002_auth.sql"),
+    ),
+    (
+        3,
+        "performance: audit trail table, revocation index",
+        include_str!("../../migrations/postgres/0003_performance.sql"),
     ),
     (
         4,
@@ -113,7 +123,7 @@ impl Db {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
@@ -173,16 +183,24 @@ impl Db {
     /// A transaction for reading. SQLite's deferred BEGIN suffices.
     pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?, None),
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
 
     /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
-    /// transaction that upgrades to a writer fails with SQLITE_BUSY without waiting for the busy timeout.
+    /// transaction that upgrades to a writer fails with SQLITE_BUSY without waiting for the busy timeout. SQLite
+    /// writers of this process also queue on an in-process lock first, in arrival order: SQLite's own busy handler
+    /// makes a waiting writer sleep and poll (up to 100 ms at a time), which leaves the database idle between writers.
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Sqlite(pool) => {
+                let lock = sqlite_write_lock(pool);
+                let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+            }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -218,6 +236,28 @@ impl Db {
             Db::Sqlite(pool) => pool.close().await,
             Db::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+/// How long a SQLite writer waits for the write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+type WriteLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// The in-process write lock of a SQLite database file (one per file, shared by every pool on it).
+fn sqlite_write_lock(pool: &SqlitePool) -> WriteLock {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, WriteLock>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let file = pool
+        .connect_options()
+        .get_filename()
+        .to_string_lossy()
+        .into_owned();
+    match LOCKS.lock() {
+        Ok(mut locks) => locks.entry(file).or_default().clone(),
+        // Only a panic while holding the map could poison it; fall back to SQLite's own locking.
+        Err(_) => WriteLock::default(),
     }
 }
 
@@ -397,14 +437,18 @@ impl Row {
 
 /// An open transaction on either database.
 pub enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    /// A SQLite transaction, holding this process's write lock of the file when it is a write transaction.
+    Sqlite(
+        Transaction<'static, Sqlite>,
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+    ),
     Postgres(Transaction<'static, Postgres>),
 }
 
 impl Tx {
     pub fn backend(&self) -> Backend {
         match self {
-            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Sqlite(..) => Backend::Sqlite,
             Tx::Postgres(_) => Backend::Postgres,
         }
     }
@@ -413,7 +457,7 @@ impl Tx {
     pub async fn execute(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
         let text = sql.render(self.backend());
         match self {
-            Tx::Sqlite(tx) => {
+            Tx::Sqlite(tx, _) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
                 Ok(q.execute(&mut **tx).await?.rows_affected())
             }
@@ -428,7 +472,7 @@ impl Tx {
     pub async fn fetch(&mut self, sql: &Sql, cols: &[Col]) -> Result<Vec<Row>, sqlx::Error> {
         let text = sql.render(self.backend());
         match self {
-            Tx::Sqlite(tx) => {
+            Tx::Sqlite(tx, _) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
                 let rows = q.fetch_all(&mut **tx).await?;
                 rows.iter().map(|r| decode_sqlite(r, cols)).collect()
@@ -443,14 +487,14 @@ impl Tx {
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Sqlite(tx, _) => tx.commit().await,
             Tx::Postgres(tx) => tx.commit().await,
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Sqlite(tx, _) => tx.rollback().await,
             Tx::Postgres(tx) => tx.rollback().await,
         }
     }

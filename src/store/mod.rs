@@ -4,6 +4,7 @@
 //! What is stored is the client's JSON as received (numbers keep their exact text, extensions and `_field`
 //! primitive extensions are untouched); only `id`, `meta.versionId` and `meta.lastUpdated` are the server's.
 
+pub mod audit;
 pub mod db;
 pub mod search_sql;
 
@@ -196,6 +197,41 @@ impl Store {
         }
         let rows = tx.fetch(&sql, RESOURCE_KINDS).await?;
         Ok(rows.into_iter().next().map(resource_from_row))
+    }
+
+    /// Which of `ids` exist as `res_type` (deleted or not). On PostgreSQL the rows are locked until the transaction
+    /// ends ([`Store::current_for_update`]).
+    pub async fn existing_ids(
+        &self,
+        tx: &mut Tx,
+        res_type: &str,
+        ids: &[&str],
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        if tx.backend() == db::Backend::Postgres {
+            // One key at a time: while a bulk load outruns the table statistics, PostgreSQL plans a long IN list
+            // as a sequential scan (seconds per chunk), whereas an equality on the unique key always uses it.
+            for id in ids {
+                if let Some(found) = self.current_for_update(tx, res_type, id).await? {
+                    out.push(found.id);
+                }
+            }
+            return Ok(out);
+        }
+        for chunk in ids.chunks(INSERT_CHUNK * 2) {
+            let mut sql = Sql::new("SELECT id FROM resources WHERE res_type = ");
+            sql.bind(res_type)
+                .push(" AND id IN (")
+                .bind_list(chunk)
+                .push(")");
+            out.extend(
+                tx.fetch(&sql, &[Col::Text])
+                    .await?
+                    .into_iter()
+                    .map(|r| r.text(0)),
+            );
+        }
+        Ok(out)
     }
 
     /// Current rows by internal key, in the order given.
@@ -515,8 +551,8 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts version 1 of many new resources at once (the audit trail's group commit), with multi-row statements
-    /// for resources, history and indexes. Ids must be new.
+    /// Inserts version 1 of many new resources at once (the creates of a transaction Bundle), with multi-row
+    /// statements for resources, history and indexes. Ids must be new: a clash is a 409.
     pub async fn insert_many(
         &self,
         tx: &mut Tx,
@@ -561,7 +597,15 @@ impl Store {
             }
             // Keys come back matched by id: neither database promises the order of RETURNING rows.
             sql.push(" RETURNING pk, res_type, id");
-            let keys = tx.fetch(&sql, &[Col::Int, Col::Text, Col::Text]).await?;
+            let keys = match tx.fetch(&sql, &[Col::Int, Col::Text, Col::Text]).await {
+                Ok(keys) => keys,
+                Err(e) if db::is_unique_violation(&e) => {
+                    return Err(Error::conflict(
+                        "A concurrent request created one of these resources first; retry",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
             for row in keys {
                 let (pk, t, id) = (row.int(0), row.text(1), row.text(2));
                 if let Some((r, _)) = chunk

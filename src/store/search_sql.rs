@@ -10,7 +10,7 @@ use crate::fhir::search::{
     SortKey, Target, TokenSystem, TotalMode,
 };
 
-use super::db::{Col, Sql, Tx, Val};
+use super::db::{Backend, Col, Sql, Tx, Val};
 use super::{RESOURCE_COLS, RESOURCE_KINDS, Store, StoredResource, resource_from_row};
 
 /// One page of results.
@@ -34,7 +34,7 @@ fn index_table(kind: ParamKind) -> &'static str {
     }
 }
 
-fn escape_like(s: &str) -> String {
+pub(crate) fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -47,7 +47,14 @@ fn escape_like(s: &str) -> String {
 
 /// The date comparison of R4 (https://hl7.org/fhir/R4/search.html#prefix) between an indexed range `[lo, hi]`
 /// (column expressions) and a search range.
-fn date_condition(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, slo: i64, shi: i64) {
+pub(crate) fn date_condition(
+    sql: &mut Sql,
+    lo: &str,
+    hi: &str,
+    prefix: Prefix,
+    slo: i64,
+    shi: i64,
+) {
     match prefix {
         Prefix::Eq => {
             sql.push(&format!("({lo} >= "))
@@ -371,10 +378,7 @@ fn or_values(sql: &mut Sql, criterion: &Criterion) {
 }
 
 /// `WHERE` of the base query: type, not deleted, every criterion and the compartment.
-fn where_clause(q: &SearchQuery) -> Sql {
-    let mut sql = Sql::new("r.res_type = ");
-    sql.bind(q.resource_type.as_str())
-        .push(" AND r.deleted = 0");
+fn where_clause(q: &SearchQuery, backend: Backend) -> Sql {
     // The patient compartment, when there is one, drives; otherwise the first positive reference criterion (usually
     // the most selective: one patient's data), else the first positive criterion.
     let positive = |c: &&Criterion| {
@@ -389,6 +393,18 @@ fn where_clause(q: &SearchQuery) -> Sql {
             .position(|c| positive(&c) && c.target.kind() == ParamKind::Reference)
             .or_else(|| q.criteria.iter().position(|c| positive(&c)))
     };
+    // With a driving `pk IN (…)`, SQLite's type test is written so that no index serves it: otherwise its planner
+    // (which has no statistics) scans every resource of the type through (res_type, last_updated) and probes the
+    // driver's list for each, instead of looking up the few keys the driver yields. PostgreSQL plans from its
+    // statistics, which the rewritten test would only blur.
+    let drives = driver.is_some() || q.compartment.is_some();
+    let mut sql = Sql::new(if drives && backend == Backend::Sqlite {
+        "r.res_type || '' = "
+    } else {
+        "r.res_type = "
+    });
+    sql.bind(q.resource_type.as_str())
+        .push(" AND r.deleted = 0");
     for (i, c) in q.criteria.iter().enumerate() {
         sql.push(" AND ");
         criterion_condition(&mut sql, Some(&q.resource_type), c, "r", Some(i) == driver);
@@ -514,13 +530,8 @@ impl Store {
     /// Runs a search and returns one page plus its includes.
     pub async fn search(&self, tx: &mut Tx, q: &SearchQuery) -> Result<SearchPage> {
         let mut page = SearchPage::default();
-        if q.total == TotalMode::Accurate || q.count == 0 {
-            let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE ");
-            sql.append(&where_clause(q));
-            let rows = tx.fetch(&sql, &[Col::Int]).await?;
-            page.total = rows.first().map(|r| r.int(0));
-        }
         if q.count == 0 {
+            page.total = Some(self.count_matches(tx, q).await?);
             return Ok(page);
         }
 
@@ -537,7 +548,7 @@ impl Store {
         }
         inner
             .push(" FROM resources r WHERE ")
-            .append(&where_clause(q));
+            .append(&where_clause(q, tx.backend()));
 
         let backwards = matches!(&q.cursor, Some(c) if c.direction == Direction::Prev);
         let mut sql = Sql::new("SELECT * FROM (");
@@ -559,6 +570,14 @@ impl Store {
         let mut rows = tx.fetch(&sql, &cols).await?;
         let more = rows.len() > q.count;
         rows.truncate(q.count);
+        if q.total == TotalMode::Accurate {
+            // A first page that holds every match is its own count: no second query.
+            page.total = if q.cursor.is_none() && !more {
+                Some(rows.len() as i64)
+            } else {
+                Some(self.count_matches(tx, q).await?)
+            };
+        }
         if backwards {
             rows.reverse();
         }
@@ -598,6 +617,14 @@ impl Store {
             .collect();
         page.includes = self.includes(tx, q, &page.matches).await?;
         Ok(page)
+    }
+
+    /// `Bundle.total`: every match of the search, on all pages.
+    async fn count_matches(&self, tx: &mut Tx, q: &SearchQuery) -> Result<i64> {
+        let mut sql = Sql::new("SELECT COUNT(*) FROM resources r WHERE ");
+        sql.append(&where_clause(q, tx.backend()));
+        let rows = tx.fetch(&sql, &[Col::Int]).await?;
+        Ok(rows.first().map(|r| r.int(0)).unwrap_or(0))
     }
 
     /// `_include` and `_revinclude` for a page, with one `:iterate` round over what was included.
@@ -749,7 +776,7 @@ impl Store {
 }
 
 /// Rows strictly after (or, for a `Prev` cursor, before) the cursor position in the sort order.
-fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
+pub(crate) fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
     let backwards = cursor.direction == Direction::Prev;
     sql.push("(");
     // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR … OR (all equal AND pk > p), with > flipped for descending keys.

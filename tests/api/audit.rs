@@ -183,3 +183,129 @@ async fn token_grants_and_refusals_are_audited_with_the_client() {
     );
     assert!(!events.text.contains("a-sufficiently-long-secret"));
 }
+
+#[tokio::test]
+async fn the_audit_trail_is_read_only_and_searchable_by_its_own_parameters() {
+    let app = spawn_app().await;
+    app.put(
+        "/fhir/Patient/alice",
+        &json!({"resourceType": "Patient", "id": "alice"}),
+    )
+    .await;
+    assert_eq!(app.get("/fhir/Patient/alice").await.status, 200);
+    let auditor = app.client_for("system/AuditEvent.rs", None).await;
+
+    // The read above, found by entity, patient, subtype and date, newest first.
+    let found = app
+        .get_with(
+            &auditor,
+            "/fhir/AuditEvent?entity=Patient/alice&patient=alice&subtype=read&date=ge2000-01-01&_sort=-date",
+        )
+        .await;
+    assert_eq!(found.status, 200, "{}", found.text);
+    assert_eq!(found.body["total"], 1, "{}", found.text);
+    let event = found.body["entry"][0]["resource"].clone();
+    let id = event["id"].as_str().unwrap().to_owned();
+    assert_eq!(event["meta"]["versionId"], "1");
+
+    // Read and vread of version 1; no other version, no writes.
+    let read = app
+        .get_with(&auditor, &format!("/fhir/AuditEvent/{id}"))
+        .await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body, event);
+    assert_eq!(
+        app.get_with(&auditor, &format!("/fhir/AuditEvent/{id}/_history/1"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.get_with(&auditor, &format!("/fhir/AuditEvent/{id}/_history/2"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.get_with(&auditor, "/fhir/AuditEvent/no-such-event")
+            .await
+            .status,
+        404
+    );
+    let mut forged = event.clone();
+    forged["outcome"] = json!("8");
+    let put = app.put(&format!("/fhir/AuditEvent/{id}"), &forged).await;
+    assert_eq!(put.status, 405, "{}", put.text);
+    assert_eq!(
+        app.get_with(&auditor, &format!("/fhir/AuditEvent/{id}"))
+            .await
+            .body["outcome"],
+        "0"
+    );
+
+    // Nothing matches what was not done; :missing and :not work on the columns.
+    let none = app
+        .get_with(&auditor, "/fhir/AuditEvent?entity=Patient/bob")
+        .await;
+    assert_eq!(none.body["total"], 0);
+    let not_read = app
+        .get_with(&auditor, "/fhir/AuditEvent?patient=alice&subtype:not=read")
+        .await;
+    assert!(
+        not_read.body["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["resource"]["subtype"][0]["code"] != "read"),
+        "{}",
+        not_read.text
+    );
+
+    // Paging walks every event up to a cut-off once (the searches themselves are audited too, after it).
+    let cutoff = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut seen = std::collections::HashSet::new();
+    let mut page = app
+        .get_with(
+            &auditor,
+            &format!("/fhir/AuditEvent?_count=2&_lastUpdated=le{cutoff}"),
+        )
+        .await;
+    loop {
+        for e in page.body["entry"].as_array().unwrap() {
+            assert!(seen.insert(e["resource"]["id"].as_str().unwrap().to_owned()));
+        }
+        match page.link("next") {
+            Some(next) => page = app.get_url(&next).await,
+            None => break,
+        }
+    }
+    assert!(seen.len() >= 4, "{seen:?}");
+    let count = app
+        .get_with(
+            &auditor,
+            &format!("/fhir/AuditEvent?_summary=count&_lastUpdated=le{cutoff}"),
+        )
+        .await;
+    assert_eq!(count.body["total"].as_u64().unwrap() as usize, seen.len());
+
+    // Parameters the audit trail does not keep are refused, not silently ignored.
+    let site = app
+        .get_with(&auditor, "/fhir/AuditEvent?site=clinic-a")
+        .await;
+    assert_eq!(site.status, 400, "{}", site.text);
+    let metadata = app.get("/fhir/metadata").await;
+    let audit = metadata.body["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .unwrap();
+    let params: Vec<&str> = audit["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(params.contains(&"patient") && params.contains(&"date"));
+    assert!(!params.contains(&"site"));
+}

@@ -455,6 +455,40 @@ async fn a_revoked_token_stops_working_at_once() {
 }
 
 #[tokio::test]
+async fn a_token_revoked_through_another_replica_stops_working_within_the_refresh_interval() {
+    let app = spawn_app().await;
+    let token = crate::helpers::mint(&app.auth, "system/*.rs", None).await;
+    // Seen twice: the second check uses this replica's copy of the revocations.
+    assert_eq!(status_with(&app, &token).await.0, 200);
+    assert_eq!(status_with(&app, &token).await.0, 200);
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    // Another replica: its own authenticator on the same database.
+    let db = crate::helpers::app_db(&app).await;
+    let keys = kap_gateway::auth::keys::KeyRing::load_or_create(&db)
+        .await
+        .unwrap();
+    let other = kap_gateway::auth::tokens::Authenticator::new(
+        keys,
+        db,
+        app.auth.issuer.clone(),
+        app.auth.audience.clone(),
+        None,
+    );
+    other
+        .revoke_jti(claims["jti"].as_str().unwrap())
+        .await
+        .unwrap();
+    let refresh = kap_gateway::auth::tokens::REVOCATION_REFRESH;
+    tokio::time::sleep(refresh + refresh / 2).await;
+    assert_eq!(status_with(&app, &token).await.0, 401);
+}
+
+#[tokio::test]
 async fn after_a_key_rotation_old_tokens_still_verify_and_new_ones_use_the_new_key() {
     let app = spawn_app().await;
     let old = crate::helpers::mint(&app.auth, "system/*.rs", None).await;

@@ -190,3 +190,90 @@ async fn a_bundle_that_is_neither_batch_nor_transaction_is_refused() {
     let r = app.post("/fhir", &json!({"resourceType": "Patient"})).await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test]
+async fn a_transaction_of_many_creates_and_updates_writes_each_with_its_history_and_index() {
+    let app = spawn_app().await;
+    app.put(
+        "/fhir/Patient/p0",
+        &json!({"resourceType": "Patient", "id": "p0", "active": false}),
+    )
+    .await;
+    // PUTs to new ids, one PUT to an existing id, and POSTs, all in one transaction.
+    let mut entries: Vec<serde_json::Value> = (0..5)
+        .map(|i| {
+            json!({
+                "resource": {"resourceType": "Patient", "id": format!("p{i}"), "active": true,
+                    "name": [{"family": format!("Family{i}")}]},
+                "request": {"method": "PUT", "url": format!("Patient/p{i}")}
+            })
+        })
+        .collect();
+    entries.extend((0..3).map(|i| {
+        json!({
+            "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+                "subject": {"reference": format!("Patient/p{i}")}, "valueInteger": i},
+            "request": {"method": "POST", "url": "Observation"}
+        })
+    }));
+    let r = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let statuses: Vec<&str> = r.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "200 OK",
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "201 Created",
+            "201 Created"
+        ]
+    );
+    assert_eq!(
+        app.get("/fhir/Patient/p0").await.body["meta"]["versionId"],
+        "2"
+    );
+    assert_eq!(
+        app.get("/fhir/Patient/p3").await.body["meta"]["versionId"],
+        "1"
+    );
+    let history = app.get("/fhir/Patient/p3/_history").await;
+    assert_eq!(history.body["total"], 1);
+    assert_eq!(history.body["entry"][0]["request"]["method"], "PUT");
+    assert_eq!(
+        app.search_ids("Patient?family=Family4").await,
+        vec!["p4".to_owned()]
+    );
+    let obs = app
+        .get("/fhir/Observation?subject=Patient/p2&code=http://loinc.org|44261-6")
+        .await;
+    assert_eq!(obs.body["total"], 1, "{}", obs.text);
+    assert_eq!(obs.body["entry"][0]["resource"]["valueInteger"], 2);
+
+    // One invalid entry among the creates: none of them is written.
+    let clash = app
+        .post(
+            "/fhir",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Patient", "id": "q1"}, "request": {"method": "PUT", "url": "Patient/q1"}},
+                {"resource": {"resourceType": "Patient", "id": "bad id"}, "request": {"method": "PUT", "url": "Patient/bad id"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(clash.status, 400, "{}", clash.text);
+    assert_eq!(app.get("/fhir/Patient/q1").await.status, 404);
+}

@@ -1,0 +1,583 @@
+//! The audit trail's own table: append-only AuditEvents, one row each plus one row per patient, agent and entity
+//! reference, searched through a few columns (https://hl7.org/fhir/R4/auditevent.html#search).
+//!
+//! AuditEvents are written on every request, so they are not stored as versioned resources (a resource row, a
+//! history row and a dozen index rows each): the event JSON and the columns its supported search parameters need are
+//! enough. They are served read-only at `/fhir/AuditEvent`: read, vread of version 1, and search on
+//! [`SEARCH_PARAMS`]; their history is empty.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::fhir::datetime::{now_micros, parse_range};
+use crate::fhir::search::{
+    Criterion, Direction, KeyValue, Modifier, SearchQuery, SearchValue, Target, TokenSystem,
+    TotalMode,
+};
+
+use super::db::{Col, Sql, Tx};
+use super::search_sql::{SearchPage, date_condition, escape_like, keyset_condition};
+use super::{Store, StoredResource, stamp};
+
+/// The AuditEvent search parameters served (besides `_id` and `_lastUpdated`); the CapabilityStatement claims these.
+pub const SEARCH_PARAMS: &[&str] = &[
+    "action", "agent", "date", "entity", "outcome", "patient", "subtype", "type",
+];
+
+/// Reference parameters kept in `audit_event_refs`.
+const REF_PARAMS: &[&str] = &["patient", "agent", "entity"];
+
+/// One event ready to append.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub id: String,
+    pub recorded: i64,
+    type_system: Option<String>,
+    type_code: Option<String>,
+    subtype_system: Option<String>,
+    subtype_code: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
+    /// (param, `Type/id`).
+    refs: Vec<(&'static str, String)>,
+    content: String,
+}
+
+fn text_at(v: &Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// `Type/id` of a relative reference (the gateway writes only those); anything else is not searchable by it.
+fn relative_reference(v: &Value) -> Option<String> {
+    let r = v.get("reference")?.as_str()?;
+    let (t, id) = r.split_once('/')?;
+    (!t.is_empty()
+        && !id.is_empty()
+        && !id.contains('/')
+        && t.chars().all(|c| c.is_ascii_alphabetic()))
+    .then(|| r.to_owned())
+}
+
+impl AuditRow {
+    /// Gives the event an id (time-ordered, so that the id index grows at its end), `meta.versionId` 1 and
+    /// `meta.lastUpdated` = `recorded`, and takes out its search columns.
+    pub fn new(mut event: Value) -> Result<AuditRow> {
+        let recorded = event
+            .get("recorded")
+            .and_then(Value::as_str)
+            .and_then(parse_range)
+            .map_or_else(now_micros, |r| r.lo);
+        let id = format!(
+            "{:014x}-{}",
+            recorded.max(0),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        stamp(&mut event, &id, 1, recorded);
+        let mut refs: Vec<(&'static str, String)> = Vec::new();
+        let mut add = |param: &'static str, target: String| {
+            if target.starts_with("Patient/") {
+                refs.push(("patient", target.clone()));
+            }
+            refs.push((param, target));
+        };
+        for agent in event["agent"].as_array().into_iter().flatten() {
+            if let Some(r) = relative_reference(&agent["who"]) {
+                add("agent", r);
+            }
+        }
+        for entity in event["entity"].as_array().into_iter().flatten() {
+            if let Some(r) = relative_reference(&entity["what"]) {
+                add("entity", r);
+            }
+        }
+        refs.sort();
+        refs.dedup();
+        Ok(AuditRow {
+            id,
+            recorded,
+            type_system: text_at(&event, "/type/system"),
+            type_code: text_at(&event, "/type/code"),
+            subtype_system: text_at(&event, "/subtype/0/system"),
+            subtype_code: text_at(&event, "/subtype/0/code"),
+            action: text_at(&event, "/action"),
+            outcome: text_at(&event, "/outcome"),
+            refs,
+            content: serde_json::to_string(&event)?,
+        })
+    }
+}
+
+/// Rows per multi-row INSERT (under both databases' limits on bound parameters).
+const CHUNK: usize = 100;
+
+const EVENT_COLS: &str = "e.pk, e.id, e.recorded, e.content";
+const EVENT_KINDS: &[Col] = &[Col::Int, Col::Text, Col::Int, Col::Text];
+
+fn event_from_row(mut row: super::db::Row) -> StoredResource {
+    StoredResource {
+        pk: row.int(0),
+        res_type: "AuditEvent".into(),
+        id: row.text(1),
+        version: 1,
+        last_updated: row.int(2),
+        deleted: false,
+        content: row.take_opt_text(3),
+    }
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::bad_request(format!(
+        "AuditEvent search does not support {what}; it supports _id, _lastUpdated, {}, _count, _sort=(-)date",
+        SEARCH_PARAMS.join(", ")
+    ))
+}
+
+/// A token condition on a (system, code) column pair; false (never NULL) when the column is empty, so that `NOT`
+/// works on it.
+fn token_condition(
+    sql: &mut Sql,
+    system_col: Option<&str>,
+    code_col: &str,
+    v: &SearchValue,
+) -> Result<()> {
+    let SearchValue::Token { system, code } = v else {
+        return Err(Error::bad_request("a token value was expected"));
+    };
+    sql.push(&format!("({code_col} IS NOT NULL"));
+    match (system, system_col) {
+        (TokenSystem::Any, _) => {}
+        (TokenSystem::None, Some(col)) => {
+            sql.push(&format!(" AND {col} IS NULL"));
+        }
+        (TokenSystem::Is(s), Some(col)) => {
+            sql.push(&format!(" AND {col} = ")).bind(s.as_str());
+        }
+        // A code-only element (action, outcome) has no system.
+        (TokenSystem::None, None) => {}
+        (TokenSystem::Is(_), None) => {
+            sql.push(" AND 1 = 0");
+        }
+    }
+    if let Some(c) = code {
+        sql.push(&format!(" AND {code_col} = ")).bind(c.as_str());
+    }
+    sql.push(")");
+    Ok(())
+}
+
+/// The reference targets (`Type/id`, or a `LIKE` pattern for a bare id) of one reference value.
+fn reference_condition(
+    sql: &mut Sql,
+    param: &str,
+    modifier: &Modifier,
+    v: &SearchValue,
+) -> Result<()> {
+    let SearchValue::Reference {
+        target_type,
+        id,
+        url,
+    } = v
+    else {
+        return Err(Error::bad_request("a reference value was expected"));
+    };
+    let target_type = match modifier {
+        Modifier::Type(t) => Some(t.clone()),
+        _ => target_type.clone(),
+    }
+    .or_else(|| (param == "patient").then(|| "Patient".to_owned()));
+    match (target_type, id, url) {
+        (Some(t), Some(i), _) => {
+            sql.push("a.target = ").bind(format!("{t}/{i}"));
+        }
+        (None, Some(i), _) => {
+            sql.push("a.target LIKE ")
+                .bind(format!("%/{}", escape_like(i)))
+                .push(" ESCAPE '\\'");
+        }
+        (_, None, Some(u)) => {
+            sql.push("a.target = ").bind(u.as_str());
+        }
+        _ => {
+            sql.push("1 = 0");
+        }
+    }
+    Ok(())
+}
+
+fn or_each(
+    sql: &mut Sql,
+    values: &[SearchValue],
+    mut each: impl FnMut(&mut Sql, &SearchValue) -> Result<()>,
+) -> Result<()> {
+    sql.push("(");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        each(sql, v)?;
+    }
+    sql.push(")");
+    Ok(())
+}
+
+/// The SQL condition of one criterion on the event aliased `e`.
+fn criterion_condition(sql: &mut Sql, c: &Criterion) -> Result<()> {
+    if c.chain.is_some() {
+        return Err(unsupported("chained parameters"));
+    }
+    let name = match c.target {
+        Target::Id => "_id",
+        Target::LastUpdated => "_lastUpdated",
+        Target::Param(def) => def.name,
+    };
+    match (name, &c.modifier) {
+        ("_id" | "_lastUpdated" | "date", Modifier::Missing(missing)) => {
+            sql.push(if *missing { "1 = 0" } else { "1 = 1" });
+        }
+        ("_id", Modifier::None | Modifier::Not) => {
+            sql.push(if c.modifier == Modifier::Not {
+                "NOT "
+            } else {
+                ""
+            });
+            or_each(sql, &c.values, |sql, v| {
+                match v {
+                    SearchValue::Token {
+                        code: Some(code), ..
+                    } => sql.push("e.id = ").bind(code.as_str()),
+                    _ => sql.push("1 = 0"),
+                };
+                Ok(())
+            })?;
+        }
+        ("_lastUpdated" | "date", Modifier::None) => {
+            or_each(sql, &c.values, |sql, v| {
+                match v {
+                    SearchValue::Date { prefix, range } => {
+                        date_condition(sql, "e.recorded", "e.recorded", *prefix, range.lo, range.hi)
+                    }
+                    _ => {
+                        sql.push("1 = 0");
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        ("type" | "subtype" | "action" | "outcome", modifier) => {
+            let (system_col, code_col) = match name {
+                "type" => (Some("e.type_system"), "e.type_code"),
+                "subtype" => (Some("e.subtype_system"), "e.subtype_code"),
+                "action" => (None, "e.action"),
+                _ => (None, "e.outcome"),
+            };
+            match modifier {
+                Modifier::Missing(missing) => {
+                    sql.push(&format!(
+                        "{code_col} IS {}NULL",
+                        if *missing { "" } else { "NOT " }
+                    ));
+                }
+                Modifier::None => or_each(sql, &c.values, |sql, v| {
+                    token_condition(sql, system_col, code_col, v)
+                })?,
+                Modifier::Not => {
+                    sql.push("NOT ");
+                    or_each(sql, &c.values, |sql, v| {
+                        token_condition(sql, system_col, code_col, v)
+                    })?;
+                }
+                _ => return Err(unsupported(&format!("this modifier on '{name}'"))),
+            }
+        }
+        (param @ ("patient" | "agent" | "entity"), modifier) => {
+            let param = REF_PARAMS
+                .iter()
+                .find(|p| **p == param)
+                .copied()
+                .unwrap_or("patient");
+            match modifier {
+                Modifier::Missing(missing) => {
+                    sql.push(if *missing { "e.pk NOT IN " } else { "e.pk IN " })
+                        .push("(SELECT a.event_pk FROM audit_event_refs a WHERE a.param = ")
+                        .bind(param)
+                        .push(")");
+                }
+                Modifier::None | Modifier::Type(_) => {
+                    sql.push("e.pk IN (SELECT a.event_pk FROM audit_event_refs a WHERE a.param = ")
+                        .bind(param)
+                        .push(" AND ");
+                    or_each(sql, &c.values, |sql, v| {
+                        reference_condition(sql, param, modifier, v)
+                    })?;
+                    sql.push(")");
+                }
+                _ => return Err(unsupported(&format!("this modifier on '{name}'"))),
+            }
+        }
+        _ => {
+            return Err(unsupported(&format!(
+                "the parameter '{name}' (with this modifier)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn where_clause(q: &SearchQuery) -> Result<Sql> {
+    let mut sql = Sql::new("1 = 1");
+    for c in &q.criteria {
+        sql.push(" AND ");
+        criterion_condition(&mut sql, c)?;
+    }
+    if !q.any_of.is_empty() {
+        sql.push(" AND (");
+        for (i, set) in q.any_of.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(1 = 1");
+            for c in set {
+                sql.push(" AND ");
+                criterion_condition(&mut sql, c)?;
+            }
+            sql.push(")");
+        }
+        sql.push(")");
+    }
+    if let Some(patient) = &q.compartment {
+        sql.push(" AND e.pk IN (SELECT a.event_pk FROM audit_event_refs a WHERE a.param = 'patient' AND a.target = ")
+            .bind(format!("Patient/{patient}"))
+            .push(")");
+    }
+    Ok(sql)
+}
+
+impl Store {
+    /// Appends events (the audit writer's group commit), in multi-row statements.
+    pub async fn append_audit(&self, tx: &mut Tx, rows: &[AuditRow]) -> Result<()> {
+        for chunk in rows.chunks(CHUNK) {
+            let mut sql = Sql::new(
+                "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, outcome, content) VALUES ",
+            );
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(")
+                    .bind(r.id.as_str())
+                    .push(", ")
+                    .bind(r.recorded)
+                    .push(", ")
+                    .bind(r.type_system.clone())
+                    .push(", ")
+                    .bind(r.type_code.clone())
+                    .push(", ")
+                    .bind(r.subtype_system.clone())
+                    .push(", ")
+                    .bind(r.subtype_code.clone())
+                    .push(", ")
+                    .bind(r.action.clone())
+                    .push(", ")
+                    .bind(r.outcome.clone())
+                    .push(", ")
+                    .bind(r.content.as_str())
+                    .push(")");
+            }
+            let has_refs = chunk.iter().any(|r| !r.refs.is_empty());
+            if !has_refs {
+                tx.execute(&sql).await?;
+                continue;
+            }
+            // Keys come back matched by id: neither database promises the order of RETURNING rows.
+            sql.push(" RETURNING pk, id");
+            let keys = tx.fetch(&sql, &[Col::Int, Col::Text]).await?;
+            let pk_of: std::collections::HashMap<String, i64> = keys
+                .into_iter()
+                .map(|row| (row.text(1), row.int(0)))
+                .collect();
+            let mut refs =
+                Sql::new("INSERT INTO audit_event_refs (param, target, event_pk) VALUES ");
+            let mut n = 0;
+            for r in chunk {
+                let Some(pk) = pk_of.get(&r.id) else {
+                    return Err(Error::internal(anyhow::anyhow!(
+                        "audit insert returned no key"
+                    )));
+                };
+                for (param, target) in &r.refs {
+                    if n > 0 {
+                        refs.push(", ");
+                    }
+                    refs.push("(")
+                        .bind(*param)
+                        .push(", ")
+                        .bind(target.as_str())
+                        .push(", ")
+                        .bind(*pk)
+                        .push(")");
+                    n += 1;
+                }
+            }
+            tx.execute(&refs).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs an AuditEvent search: one page, keyset-paged on `recorded` (when sorted by date) and the event key.
+    pub async fn search_audit(&self, tx: &mut Tx, q: &SearchQuery) -> Result<SearchPage> {
+        if !q.include.is_empty() || !q.revinclude.is_empty() {
+            return Err(unsupported("_include or _revinclude"));
+        }
+        let sort_desc = match q.sort.as_slice() {
+            [] => None,
+            [key]
+                if matches!(key.target, Target::LastUpdated)
+                    || matches!(key.target, Target::Param(d) if d.name == "date") =>
+            {
+                Some(key.descending)
+            }
+            _ => {
+                return Err(unsupported(
+                    "this _sort (only date, -date, _lastUpdated, -_lastUpdated)",
+                ));
+            }
+        };
+        let conditions = where_clause(q)?;
+        let mut page = SearchPage::default();
+        let count = |conditions: &Sql| {
+            let mut sql = Sql::new("SELECT COUNT(*) FROM audit_events e WHERE ");
+            sql.append(conditions);
+            sql
+        };
+        if q.count == 0 {
+            let rows = tx.fetch(&count(&conditions), &[Col::Int]).await?;
+            page.total = Some(rows.first().map_or(0, |r| r.int(0)));
+            return Ok(page);
+        }
+        let backwards = matches!(&q.cursor, Some(c) if c.direction == Direction::Prev);
+        let mut sql = Sql::new(&format!(
+            "SELECT * FROM (SELECT {EVENT_COLS}{} FROM audit_events e WHERE ",
+            if sort_desc.is_some() {
+                ", e.recorded AS k0"
+            } else {
+                ""
+            }
+        ));
+        sql.append(&conditions).push(") s");
+        if let Some(cursor) = &q.cursor {
+            sql.push(" WHERE ");
+            keyset_condition(&mut sql, &q.sort, cursor);
+        }
+        sql.push(" ORDER BY ");
+        if let Some(desc) = sort_desc {
+            sql.push(if desc != backwards {
+                "s.k0 DESC, "
+            } else {
+                "s.k0 ASC, "
+            });
+        }
+        sql.push(if backwards { "s.pk DESC" } else { "s.pk ASC" });
+        sql.push(" LIMIT ").bind((q.count + 1) as i64);
+        let mut cols = EVENT_KINDS.to_vec();
+        if sort_desc.is_some() {
+            cols.push(Col::Int);
+        }
+        let mut rows = tx.fetch(&sql, &cols).await?;
+        let more = rows.len() > q.count;
+        rows.truncate(q.count);
+        if backwards {
+            rows.reverse();
+        }
+        if q.total == TotalMode::Accurate {
+            page.total = if q.cursor.is_none() && !more {
+                Some(rows.len() as i64)
+            } else {
+                let n = tx.fetch(&count(&conditions), &[Col::Int]).await?;
+                Some(n.first().map_or(0, |r| r.int(0)))
+            };
+        }
+        let cursor_at = |row: &super::db::Row, direction: Direction| crate::fhir::search::Cursor {
+            direction,
+            keys: if sort_desc.is_some() {
+                vec![KeyValue::Int(row.int(4))]
+            } else {
+                Vec::new()
+            },
+            pk: row.int(0),
+        };
+        let (first, last) = (rows.first(), rows.last());
+        if backwards {
+            page.prev = if more {
+                first.map(|r| cursor_at(r, Direction::Prev))
+            } else {
+                None
+            };
+            page.next = last.map(|r| cursor_at(r, Direction::Next));
+        } else {
+            page.next = if more {
+                last.map(|r| cursor_at(r, Direction::Next))
+            } else {
+                None
+            };
+            page.prev = if q.cursor.is_some() {
+                first.map(|r| cursor_at(r, Direction::Prev))
+            } else {
+                None
+            };
+        }
+        page.matches = rows
+            .into_iter()
+            .map(|mut r| {
+                r.0.truncate(EVENT_KINDS.len());
+                event_from_row(r)
+            })
+            .collect();
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_event_row_carries_its_search_columns_and_references() {
+        let row = AuditRow::new(json!({
+            "resourceType": "AuditEvent",
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+            "action": "R",
+            "recorded": "2026-03-04T10:00:00.123456Z",
+            "outcome": "0",
+            "agent": [{"who": {"identifier": {"value": "app"}}, "requestor": true},
+                      {"who": {"reference": "Practitioner/lee"}, "requestor": true}],
+            "source": {"observer": {"display": "kap-gateway"}},
+            "entity": [{"what": {"reference": "Observation/o1"}}, {"what": {"reference": "Patient/alice"}}]
+        }))
+        .unwrap();
+        assert_eq!(row.type_code.as_deref(), Some("rest"));
+        assert_eq!(row.subtype_code.as_deref(), Some("read"));
+        assert_eq!(row.action.as_deref(), Some("R"));
+        assert_eq!(row.outcome.as_deref(), Some("0"));
+        assert_eq!(
+            row.recorded,
+            parse_range("2026-03-04T10:00:00.123456Z").unwrap().lo
+        );
+        assert_eq!(
+            row.refs,
+            vec![
+                ("agent", "Practitioner/lee".to_owned()),
+                ("entity", "Observation/o1".to_owned()),
+                ("entity", "Patient/alice".to_owned()),
+                ("patient", "Patient/alice".to_owned()),
+            ]
+        );
+        let stored: Value = serde_json::from_str(&row.content).unwrap();
+        assert_eq!(stored["id"], row.id.as_str());
+        assert_eq!(stored["meta"]["versionId"], "1");
+    }
+}
