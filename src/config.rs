@@ -41,6 +41,12 @@ pub struct Config {
     /// Authorization: token lifetimes and an optional external issuer (`[auth]`).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// EHR connections (`[[ehr]]` tables) that KAP records are pushed to and demographics pulled from.
+    #[serde(default)]
+    pub ehr: Vec<crate::sync::config::EhrConfig>,
+    /// The outbox worker (`[sync]`).
+    #[serde(default)]
+    pub sync: crate::sync::config::SyncConfig,
 }
 
 /// `[auth]`: the built-in SMART authorization server and trust of an external one.
@@ -107,6 +113,8 @@ impl Default for Config {
             clients: Vec::new(),
             users: Vec::new(),
             auth: AuthConfig::default(),
+            ehr: Vec::new(),
+            sync: crate::sync::config::SyncConfig::default(),
         }
     }
 }

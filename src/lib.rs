@@ -13,4 +13,5 @@ pub mod fhir;
 pub mod service;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -23,6 +23,9 @@ pub struct Application {
     port: u16,
     server: Server,
     pub state: AppState,
+    /// Stops the sync worker and periodic pull; they finish the delivery in progress.
+    sync_stop: tokio::sync::watch::Sender<bool>,
+    sync_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Connects to the database and applies migrations.
@@ -76,7 +79,8 @@ pub fn build_state(
     AppState {
         config: config.clone(),
         base_url: base_url.clone(),
-        fhir: FhirService::new(store.clone(), base_url),
+        fhir: FhirService::new(store.clone(), base_url)
+            .with_outbox(crate::sync::Outbox::new(&config.ehr)),
         audit: crate::audit::AuditLog::start(store.clone()),
         store,
         capability,
@@ -137,6 +141,26 @@ impl Application {
             }
         });
         let state = build_state(&config, store, base_url, auth);
+        // EHR sync: the configuration is checked (keys read) even when this process runs no worker.
+        let (sync_stop, stopped) = tokio::sync::watch::channel(false);
+        let mut sync_tasks = Vec::new();
+        if !config.ehr.is_empty() {
+            let worker = crate::sync::worker::Worker::new(
+                state.store.db.clone(),
+                &config.ehr,
+                config.sync.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("EHR sync configuration: {e}"))?;
+            if config.sync.worker {
+                let targets = worker.targets().to_vec();
+                sync_tasks.push(tokio::spawn(worker.run(stopped.clone())));
+                sync_tasks.push(tokio::spawn(crate::sync::pull::run_periodic(
+                    state.fhir.clone(),
+                    targets,
+                    stopped,
+                )));
+            }
+        }
         let app_state = state.clone();
         let mut server = HttpServer::new(move || create_app(app_state.clone()))
             .shutdown_timeout(config.shutdown_timeout_secs)
@@ -149,6 +173,8 @@ impl Application {
             port,
             server,
             state,
+            sync_stop,
+            sync_tasks,
         })
     }
 
@@ -160,6 +186,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let db = self.state.store.db.clone();
         let result = self.server.await;
+        let _ = self.sync_stop.send(true);
+        for task in self.sync_tasks {
+            let _ = task.await;
+        }
         db.close().await;
         result
     }

@@ -1,6 +1,7 @@
 //! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir` and `/health`, and the
 //! composition of the application (`create_app`) used by `main` and by the tests alike.
 
+pub mod admin;
 pub mod audit;
 pub mod conformance;
 pub mod fhir;
@@ -106,6 +107,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/auth/launch")
             .route(web::post().to(oauth::launch))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync")
+            .route(web::get().to(admin::status))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync/retry")
+            .route(web::post().to(admin::retry))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync/authorizations")
+            .route(web::post().to(admin::authorize))
             .default_service(na()),
     )
     .service(

@@ -65,6 +65,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "authorization server",
         include_str!("../../migrations/sqlite/0002_auth.sql"),
     ),
+    (
+        5,
+        "ehr sync",
+        include_str!("../../migrations/sqlite/0005_sync.sql"),
+    ),
 ];
 pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -76,6 +81,11 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "authorization server",
         include_str!("../../migrations/postgres/0002_auth.sql"),
+    ),
+    (
+        5,
+        "ehr sync",
+        include_str!("../../migrations/postgres/0005_sync.sql"),
     ),
 ];
 

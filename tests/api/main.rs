@@ -5,6 +5,7 @@ mod helpers;
 
 mod audit;
 mod errors;
+mod fake_ehr;
 mod fhir_search;
 mod fhir_write;
 mod profiles;
@@ -12,4 +13,5 @@ mod r4_examples;
 mod smart_enforcement;
 mod smart_external;
 mod smart_oauth;
+mod sync;
 mod transaction;
