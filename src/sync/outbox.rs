@@ -218,10 +218,9 @@ pub async fn retry_later(
     let mut sql = Sql::new(
         "UPDATE sync_outbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = ",
     );
-    sql.bind(next_at)
-        .push(", last_status = ")
-        .bind(status.map(i64::from))
-        .push(", last_error = ")
+    sql.bind(next_at).push(", last_status = ");
+    bind_opt_int(&mut sql, status.map(i64::from));
+    sql.push(", last_error = ")
         .bind(error)
         .push(" WHERE seq = ")
         .bind(c.seq)
@@ -250,9 +249,9 @@ pub async fn finish_failed(
     sql.bind(state)
         .push(", lease_owner = NULL, lease_until = NULL, finished_at = ")
         .bind(now)
-        .push(", last_status = ")
-        .bind(status.map(i64::from))
-        .push(", last_error = ")
+        .push(", last_status = ");
+    bind_opt_int(&mut sql, status.map(i64::from));
+    sql.push(", last_error = ")
         .bind(error)
         .push(", outcome = ")
         .bind(outcome.map(Value::to_string))
@@ -267,6 +266,14 @@ pub async fn finish_failed(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// A nullable integer: a typed NULL literal (a NULL bound as text would not fit a BIGINT column on PostgreSQL).
+fn bind_opt_int(sql: &mut Sql, v: Option<i64>) {
+    match v {
+        Some(v) => sql.bind(v),
+        None => sql.push("NULL"),
+    };
 }
 
 async fn ehr_status(tx: &mut Tx, ehr: &str, success: bool, error: Option<&str>) -> Result<()> {

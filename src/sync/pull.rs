@@ -95,10 +95,10 @@ async fn search_all(
             .flatten()
         {
             let mode = e.pointer("/search/mode").and_then(Value::as_str);
-            if mode.is_none() || mode == Some("match") {
-                if let Some(r) = e.get("resource") {
-                    out.push(r.clone());
-                }
+            if (mode.is_none() || mode == Some("match"))
+                && let Some(r) = e.get("resource")
+            {
+                out.push(r.clone());
             }
         }
         url = bundle

@@ -558,7 +558,7 @@ async fn two_workers_on_one_postgres_database_never_deliver_a_row_twice() {
     let ehr = ehr_config(&s.fake);
     let mut small = fast_settings();
     small.batch = 3;
-    let w1 = Worker::new(s.db.clone(), &[ehr.clone()], small.clone()).unwrap();
+    let w1 = Worker::new(s.db.clone(), std::slice::from_ref(&ehr), small.clone()).unwrap();
     let db2 = Db::connect(&s.app.database_url, 4).await.unwrap();
     let w2 = Worker::new(db2, &[ehr], small).unwrap();
     let run = |w: Worker| async move {
@@ -658,8 +658,8 @@ async fn pull_stores_the_ehrs_patient_and_conditions_with_their_source_increment
         .fake
         .requests()
         .into_iter()
-        .filter(|r| r.target.starts_with("/fhir/Condition?"))
-        .last()
+        .rev()
+        .find(|r| r.target.starts_with("/fhir/Condition?"))
         .unwrap();
     assert!(asked.target.contains("_lastUpdated=gt"), "{}", asked.target);
 }
@@ -683,12 +683,13 @@ fn spawn_gateway(config: &std::path::Path) -> (std::process::Child, String) {
         let mut sent = false;
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if !sent && line.contains("kap-gateway listening") {
-                if let Some(port) = line.split("\"port\":").nth(1) {
-                    let port: String = port.chars().take_while(char::is_ascii_digit).collect();
-                    let _ = tx.send(port);
-                    sent = true;
-                }
+            if !sent
+                && line.contains("kap-gateway listening")
+                && let Some(port) = line.split("\"port\":").nth(1)
+            {
+                let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+                let _ = tx.send(port);
+                sent = true;
             }
         }
     });
