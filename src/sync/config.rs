@@ -235,3 +235,55 @@ pub fn check_all(ehrs: &[EhrConfig]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::config::{Config, Overrides};
+
+    #[test]
+    fn ehr_connections_are_read_from_the_toml_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            r#"
+[sync]
+lease_secs = 30
+
+[[ehr]]
+name = "clinic-ehr"
+base_url = "https://ehr.example.org/fhir"
+auth = "smart-backend"
+client_id = "kap-gateway"
+private_key_file = "/etc/key.pem"
+push = ["patient", "score"]
+patient_identifier_system = "urn:oid:1.2.3"
+
+[[ehr]]
+name = "lab"
+base_url = "http://lab.example.net/fhir"
+auth = "bearer"
+token_env = "LAB_TOKEN"
+"#,
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.sync.lease_secs, 30);
+        assert_eq!(cfg.ehr.len(), 2);
+        assert!(cfg.ehr[0].pushes("score") && !cfg.ehr[0].pushes("dose"));
+        assert!(cfg.ehr[1].pushes("dose"));
+        assert_eq!(cfg.ehr[0].algorithm, "ES384");
+        super::check_all(&cfg.ehr).unwrap();
+
+        let mut bad = cfg.ehr.clone();
+        bad[1].name = "clinic-ehr".into();
+        assert!(super::check_all(&bad).unwrap_err().contains("twice"));
+        let mut no_key = cfg.ehr[0].clone();
+        no_key.private_key_file = None;
+        assert!(no_key.check().unwrap_err().contains("private_key"));
+        let mut no_token = cfg.ehr[1].clone();
+        no_token.token_env = None;
+        assert!(no_token.check().unwrap_err().contains("token"));
+    }
+}
