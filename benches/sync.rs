@@ -136,7 +136,9 @@ async fn run(o: Options) {
         ..EhrConfig::new("bench", &fake.base())
     };
     let plain = FhirService::new(store.clone(), base.clone());
-    let with_outbox = plain.clone().with_outbox(Outbox::new(std::slice::from_ref(&ehr)));
+    let with_outbox = plain
+        .clone()
+        .with_outbox(Outbox::new(std::slice::from_ref(&ehr)));
     let access = Access::internal();
 
     for p in 0..o.patients {
@@ -195,7 +197,9 @@ async fn run(o: Options) {
     );
 
     // 2. Delivery throughput of everything queued (patients + 2 rows per record).
-    let counts = kap_gateway::sync::outbox::counts(&db, "bench").await.unwrap();
+    let counts = kap_gateway::sync::outbox::counts(&db, "bench")
+        .await
+        .unwrap();
     let queued = counts.get("pending").copied().unwrap_or(0);
     let settings = SyncConfig {
         worker: false,

@@ -16,8 +16,7 @@ use crate::auth::access::Access;
 use crate::error::{Error, ErrorKind};
 use crate::sync::outbox;
 
-/// Scope that opens `/admin/sync` to a client that is not an administrator.
-pub const SYNC_ADMIN_SCOPE: &str = "kap/sync.admin";
+pub use crate::auth::access::SYNC_ADMIN_SCOPE;
 
 fn require_admin(access: &Access) -> Result<(), Error> {
     if access.admin || access.scopes.contains(SYNC_ADMIN_SCOPE) {

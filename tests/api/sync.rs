@@ -843,3 +843,44 @@ timeout_secs = 5
     assert_eq!(fake.stored("Observation").len(), 12);
     assert!(fake.stored("Practitioner").is_empty());
 }
+
+#[tokio::test]
+async fn a_backend_service_registered_for_the_sync_scope_gets_it_with_client_credentials() {
+    let app = spawn_app_with(|c| {
+        c.clients = vec![kap_gateway::config::ClientConfig {
+            client_id: "ops".into(),
+            name: "Operations".into(),
+            kind: "confidential-symmetric".into(),
+            secret: Some("an-operations-secret-long-enough".into()),
+            secret_env: None,
+            redirect_uris: Vec::new(),
+            allowed_scopes: "system/*.rs kap/sync.admin".into(),
+            jwks: None,
+            jwks_uri: None,
+        }];
+    })
+    .await;
+    let token: Value = app
+        .anonymous
+        .post(app.url("/auth/token"))
+        .basic_auth("ops", Some("an-operations-secret-long-enough"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "system/*.rs kap/sync.admin"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        token["scope"].as_str().unwrap().contains("kap/sync.admin"),
+        "{token}"
+    );
+    let client = crate::helpers::client_with_token(token["access_token"].as_str().unwrap());
+    let status = app.get_with(&client, "/admin/sync").await;
+    assert_eq!(status.status, 200, "{}", status.text);
+    assert_eq!(status.body["ehrs"], json!([]));
+    assert_eq!(status.body["dead_letters"], json!([]));
+}
