@@ -884,3 +884,55 @@ async fn a_backend_service_registered_for_the_sync_scope_gets_it_with_client_cre
     assert_eq!(status.body["ehrs"], json!([]));
     assert_eq!(status.body["dead_letters"], json!([]));
 }
+
+#[tokio::test]
+async fn a_transaction_enqueues_its_kap_resources_with_it_or_not_at_all() {
+    let s = setup(|_| {}).await;
+    s.put(&example("Patient-kap-example-patient")).await;
+    let before = s.counts().await.get("pending").copied().unwrap_or(0);
+    let enc = example("Encounter-kap-example-evaluation");
+    let obs = example("Observation-kap-example-phq9-baseline");
+    let bundle = |if_match: Option<&str>| {
+        let mut obs_request =
+            json!({"method": "PUT", "url": "Observation/kap-example-phq9-baseline"});
+        if let Some(m) = if_match {
+            obs_request["ifMatch"] = json!(m);
+        }
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": enc, "request": {"method": "PUT", "url": "Encounter/kap-example-evaluation"}},
+            {"resource": obs, "request": obs_request}
+        ]})
+    };
+    // The second entry fails after the first was written: the whole transaction rolls back, queue included.
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/fhir"))
+        .header("Content-Type", "application/fhir+json")
+        .body(bundle(Some("W/\"7\"")).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 412);
+    assert_eq!(
+        s.counts().await.get("pending").copied().unwrap_or(0),
+        before
+    );
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/fhir"))
+        .header("Content-Type", "application/fhir+json")
+        .body(bundle(None).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        s.counts().await.get("pending").copied().unwrap_or(0),
+        before + 2
+    );
+    s.drain(Duration::from_secs(10)).await;
+    assert_eq!(s.fake.stored("Encounter").len(), 1);
+    assert_eq!(s.fake.stored("Observation").len(), 1);
+}
