@@ -61,6 +61,22 @@ pub async fn status(
     Ok(json_response(&req, StatusCode::OK, &body))
 }
 
+/// `GET /admin/sync/metrics`: the same figures as Prometheus text (queue depth, oldest pending age, dead
+/// letters, last success and error per EHR).
+pub async fn metrics(state: web::Data<AppState>, access: Access) -> Result<HttpResponse, Error> {
+    require_admin(&access)?;
+    let ehrs: Vec<(String, String)> = state
+        .config
+        .ehr
+        .iter()
+        .map(|e| (e.name.clone(), e.base_url.clone()))
+        .collect();
+    let status = outbox::status(&state.store.db, &ehrs, 0).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(outbox::prometheus(&status)))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryQuery {

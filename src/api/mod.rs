@@ -115,6 +115,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(na()),
     )
     .service(
+        web::resource("/admin/sync/metrics")
+            .route(web::get().to(admin::metrics))
+            .default_service(na()),
+    )
+    .service(
         web::resource("/admin/sync/retry")
             .route(web::post().to(admin::retry))
             .default_service(na()),

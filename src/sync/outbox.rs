@@ -591,3 +591,80 @@ pub async fn counts(db: &Db, ehr: &str) -> Result<std::collections::BTreeMap<Str
     let rows = db.fetch(&sql, &[Col::Text, Col::Int]).await?;
     Ok(rows.iter().map(|r| (r.text(0), r.int(1))).collect())
 }
+
+/// The sync status as Prometheus text exposition (https://prometheus.io/docs/instrumenting/exposition_formats/):
+/// one family per figure, labelled by EHR. Timestamps are Unix seconds.
+pub fn prometheus(status: &SyncStatus) -> String {
+    use std::fmt::Write as _;
+    let seconds = |instant: &Option<String>| {
+        instant
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros() as f64 / 1e6)
+    };
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, values: Vec<(&str, Option<f64>)>| {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+        for (ehr, v) in values {
+            if let Some(v) = v {
+                let _ = writeln!(out, "{name}{{ehr=\"{ehr}\"}} {v}");
+            }
+        }
+    };
+    let each = |f: &dyn Fn(&EhrStatus) -> Option<f64>| -> Vec<(&str, Option<f64>)> {
+        status
+            .ehrs
+            .iter()
+            .map(|e| (e.name.as_str(), f(e)))
+            .collect()
+    };
+    family(
+        "kapgw_sync_pending",
+        "gauge",
+        "Outbox rows not yet delivered",
+        each(&|e| Some(e.pending as f64)),
+    );
+    family(
+        "kapgw_sync_retrying",
+        "gauge",
+        "Pending rows waiting for a retry",
+        each(&|e| Some(e.retrying as f64)),
+    );
+    family(
+        "kapgw_sync_dead_letters",
+        "gauge",
+        "Rows the EHR refused for good",
+        each(&|e| Some(e.dead as f64)),
+    );
+    family(
+        "kapgw_sync_withheld",
+        "gauge",
+        "Psychotherapy notes held back for want of an authorization",
+        each(&|e| Some(e.withheld as f64)),
+    );
+    family(
+        "kapgw_sync_delivered_total",
+        "counter",
+        "Rows delivered",
+        each(&|e| Some(e.delivered as f64)),
+    );
+    family(
+        "kapgw_sync_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest pending row",
+        each(&|e| Some(e.oldest_pending_age_secs.unwrap_or(0.0))),
+    );
+    family(
+        "kapgw_sync_last_success_timestamp_seconds",
+        "gauge",
+        "Time of the last delivery",
+        each(&|e| seconds(&e.last_success)),
+    );
+    family(
+        "kapgw_sync_last_error_timestamp_seconds",
+        "gauge",
+        "Time of the last failure",
+        each(&|e| seconds(&e.last_error_at)),
+    );
+    out
+}

@@ -259,6 +259,14 @@ async fn an_ehr_outage_while_records_are_written_loses_and_duplicates_nothing() 
     );
     assert!(ehr["oldest_pending_age_secs"].as_f64().unwrap() > 0.0);
     assert!(ehr["last_success"].is_null());
+    let metrics = s.app.get_with(&s.admin, "/admin/sync/metrics").await;
+    assert!(
+        metrics
+            .text
+            .contains("kapgw_sync_pending{ehr=\"fake\"} 14\n"),
+        "{}",
+        metrics.text
+    );
 
     s.fake.up().await;
     s.drain(Duration::from_secs(20)).await;
@@ -279,6 +287,30 @@ async fn an_ehr_outage_while_records_are_written_loses_and_duplicates_nothing() 
     let status = s.app.get_with(&s.admin, "/admin/sync").await;
     assert_eq!(status.body["ehrs"][0]["pending"], json!(0));
     assert!(status.body["ehrs"][0]["last_success"].is_string());
+    let metrics = s.app.get_with(&s.admin, "/admin/sync/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text
+            .contains("kapgw_sync_pending{ehr=\"fake\"} 0\n"),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("kapgw_sync_delivered_total{ehr=\"fake\"} 14\n")
+    );
+    assert!(
+        metrics
+            .text
+            .contains("kapgw_sync_last_success_timestamp_seconds{ehr=\"fake\"} 1")
+    );
+    assert!(
+        metrics
+            .text
+            .contains("kapgw_sync_last_error_timestamp_seconds{ehr=\"fake\"} 1")
+    );
 }
 
 #[tokio::test]
