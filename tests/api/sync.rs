@@ -968,3 +968,45 @@ async fn a_transaction_enqueues_its_kap_resources_with_it_or_not_at_all() {
     assert_eq!(s.fake.stored("Encounter").len(), 1);
     assert_eq!(s.fake.stored("Observation").len(), 1);
 }
+
+#[tokio::test]
+async fn the_periodic_pull_refreshes_every_local_patient_the_ehr_knows_and_stops_on_shutdown() {
+    let s = setup(|e| e.pull_interval_secs = 1).await;
+    s.put(&example("Patient-kap-example-patient")).await;
+    s.fake.seed(json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": MRN, "value": "MRN-5521907"}],
+        "name": [{"family": "Rivera", "given": ["Alex", "Jordan"]}],
+        "gender": "female",
+        "birthDate": "1987-04-12"
+    }));
+    let service = kap_gateway::service::FhirService::new(
+        kap_gateway::store::Store::new(s.db.clone()),
+        s.app.base.clone(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(kap_gateway::sync::pull::run_periodic(
+        service,
+        s.worker.targets().to_vec(),
+        stopped,
+    ));
+    let start = Instant::now();
+    loop {
+        let p = s.app.get("/fhir/Patient/kap-example-patient").await;
+        if p.body["name"][0]["given"][1] == json!("Jordan") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no pull happened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the pull loop stops on shutdown")
+        .unwrap();
+    let status = s.app.get_with(&s.admin, "/admin/sync").await;
+    assert!(status.body["ehrs"][0]["last_pull"].is_string());
+}
