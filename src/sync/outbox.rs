@@ -168,10 +168,14 @@ pub async fn content(db: &Db, c: &Claimed) -> Result<Option<String>> {
     Ok(rows.first().and_then(|r| r.opt_text(0)))
 }
 
-/// Ends a row's claim: delivered, and the id the EHR gave the resource remembered.
-pub async fn delivered(db: &Db, c: &Claimed, owner: &str, remote_id: Option<&str>) -> Result<()> {
+/// Ends a row's claim (inside the step's recording transaction): delivered, and the id the EHR gave the resource remembered.
+pub async fn delivered(
+    tx: &mut Tx,
+    c: &Claimed,
+    owner: &str,
+    remote_id: Option<&str>,
+) -> Result<()> {
     let now = now_micros();
-    let mut tx = db.begin_write().await?;
     let mut sql = Sql::new(
         "UPDATE sync_outbox SET state = 'delivered', lease_owner = NULL, lease_until = NULL, \
          last_status = NULL, finished_at = ",
@@ -186,7 +190,7 @@ pub async fn delivered(db: &Db, c: &Claimed, owner: &str, remote_id: Option<&str
     if changed > 0 {
         match (c.op, remote_id) {
             (SyncOp::Upsert, Some(remote)) => {
-                save_remote_id(&mut tx, &c.ehr, &c.res_type, &c.res_id, remote).await?
+                save_remote_id(tx, &c.ehr, &c.res_type, &c.res_id, remote).await?
             }
             (SyncOp::Delete, _) => {
                 let mut del = Sql::new("DELETE FROM sync_remote_ids WHERE ehr = ");
@@ -199,22 +203,20 @@ pub async fn delivered(db: &Db, c: &Claimed, owner: &str, remote_id: Option<&str
             }
             _ => {}
         }
-        ehr_status(&mut tx, &c.ehr, true, None).await?;
+        ehr_status(tx, &c.ehr, true, None).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
 /// Ends a row's claim with a transient failure: due again at `next_at` (microseconds).
 pub async fn retry_later(
-    db: &Db,
+    tx: &mut Tx,
     c: &Claimed,
     owner: &str,
     next_at: i64,
     status: Option<u16>,
     error: &str,
 ) -> Result<()> {
-    let mut tx = db.begin_write().await?;
     let mut sql = Sql::new(
         "UPDATE sync_outbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = ",
     );
@@ -228,14 +230,13 @@ pub async fn retry_later(
         .bind(owner)
         .push(" AND state = 'pending'");
     tx.execute(&sql).await?;
-    ehr_status(&mut tx, &c.ehr, false, Some(error)).await?;
-    tx.commit().await?;
+    ehr_status(tx, &c.ehr, false, Some(error)).await?;
     Ok(())
 }
 
 /// Ends a row's claim for good: `dead` (a permanent refusal, with the EHR's OperationOutcome) or `withheld`.
 pub async fn finish_failed(
-    db: &Db,
+    tx: &mut Tx,
     c: &Claimed,
     owner: &str,
     state: &str,
@@ -244,7 +245,6 @@ pub async fn finish_failed(
     outcome: Option<&Value>,
 ) -> Result<()> {
     let now = now_micros();
-    let mut tx = db.begin_write().await?;
     let mut sql = Sql::new("UPDATE sync_outbox SET state = ");
     sql.bind(state)
         .push(", lease_owner = NULL, lease_until = NULL, finished_at = ")
@@ -262,9 +262,8 @@ pub async fn finish_failed(
         .push(" AND state = 'pending'");
     tx.execute(&sql).await?;
     if state == DEAD {
-        ehr_status(&mut tx, &c.ehr, false, Some(error)).await?;
+        ehr_status(tx, &c.ehr, false, Some(error)).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 

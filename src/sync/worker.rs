@@ -117,16 +117,30 @@ impl Worker {
             .await?;
             report.claimed += claimed.len();
             let results = futures_util::future::join_all(
-                claimed.iter().map(|c| self.deliver_and_record(target, c)),
+                claimed.iter().map(|c| self.deliver_traced(target, c)),
             )
             .await;
-            for r in results {
-                match r? {
-                    Verdict::Delivered(_) => report.delivered += 1,
-                    Verdict::Retry { .. } => report.retried += 1,
-                    Verdict::Dead { .. } => report.dead += 1,
-                    Verdict::Withheld(_) => report.withheld += 1,
+            // A row whose delivery could not even be attempted (database error) keeps its lease and is taken
+            // up again when the lease expires.
+            let mut failure = None;
+            let mut done = Vec::with_capacity(claimed.len());
+            for (c, r) in claimed.iter().zip(results) {
+                match r {
+                    Ok(v) => {
+                        match &v {
+                            Verdict::Delivered(_) => report.delivered += 1,
+                            Verdict::Retry { .. } => report.retried += 1,
+                            Verdict::Dead { .. } => report.dead += 1,
+                            Verdict::Withheld(_) => report.withheld += 1,
+                        }
+                        done.push((c, v));
+                    }
+                    Err(e) => failure = Some(e),
                 }
+            }
+            self.record(&done).await?;
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
         Ok(report)
@@ -164,7 +178,8 @@ impl Worker {
         tracing::info!(owner = %self.owner, "sync worker stopped");
     }
 
-    async fn deliver_and_record(&self, target: &Target, c: &Claimed) -> Result<Verdict> {
+    /// Delivers one row inside its `sync.deliver` span.
+    async fn deliver_traced(&self, target: &Target, c: &Claimed) -> Result<Verdict> {
         let span = tracing::info_span!(
             "sync.deliver",
             ehr = %c.ehr,
@@ -179,28 +194,50 @@ impl Worker {
         async {
             let verdict = self.deliver(target, c).await?;
             match &verdict {
+                Verdict::Delivered(_) => tracing::info!("delivered"),
+                Verdict::Retry { delay, error, .. } => tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %error,
+                    "delivery failed; will retry"
+                ),
+                Verdict::Dead { error, .. } => {
+                    tracing::warn!(error = %error, "delivery refused by the EHR; dead letter")
+                }
+                Verdict::Withheld(why) => tracing::info!(reason = %why, "withheld"),
+            }
+            Ok(verdict)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Records the outcomes of one step in one write transaction (one commit per step, not per row).
+    async fn record(&self, done: &[(&Claimed, Verdict)]) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().await?;
+        for (c, verdict) in done {
+            match verdict {
                 Verdict::Delivered(remote) => {
-                    tracing::info!("delivered");
-                    outbox::delivered(&self.db, c, &self.owner, remote.as_deref()).await?;
+                    outbox::delivered(&mut tx, c, &self.owner, remote.as_deref()).await?;
                 }
                 Verdict::Retry {
                     delay,
                     status,
                     error,
                 } => {
-                    tracing::warn!(retry_in_ms = delay.as_millis() as u64, error = %error, "delivery failed; will retry");
                     let next = now_micros()
                         .saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2));
-                    outbox::retry_later(&self.db, c, &self.owner, next, *status, error).await?;
+                    outbox::retry_later(&mut tx, c, &self.owner, next, *status, error).await?;
                 }
                 Verdict::Dead {
                     status,
                     error,
                     outcome,
                 } => {
-                    tracing::warn!(error = %error, "delivery refused by the EHR; dead letter");
                     outbox::finish_failed(
-                        &self.db,
+                        &mut tx,
                         c,
                         &self.owner,
                         outbox::DEAD,
@@ -211,15 +248,21 @@ impl Worker {
                     .await?;
                 }
                 Verdict::Withheld(why) => {
-                    tracing::info!(reason = %why, "withheld");
-                    outbox::finish_failed(&self.db, c, &self.owner, outbox::WITHHELD, None, why, None)
-                        .await?;
+                    outbox::finish_failed(
+                        &mut tx,
+                        c,
+                        &self.owner,
+                        outbox::WITHHELD,
+                        None,
+                        why,
+                        None,
+                    )
+                    .await?;
                 }
             }
-            Ok(verdict)
         }
-        .instrument(span)
-        .await
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn deliver(&self, target: &Target, c: &Claimed) -> Result<Verdict> {
