@@ -168,44 +168,62 @@ pub async fn content(db: &Db, c: &Claimed) -> Result<Option<String>> {
     Ok(rows.first().and_then(|r| r.opt_text(0)))
 }
 
-/// Ends a row's claim (inside the step's recording transaction): delivered, and the id the EHR gave the resource remembered.
-pub async fn delivered(
-    tx: &mut Tx,
-    c: &Claimed,
-    owner: &str,
-    remote_id: Option<&str>,
-) -> Result<()> {
-    let now = now_micros();
+/// Ends the claims of delivered rows (inside the step's recording transaction) and remembers the ids the EHR
+/// gave the resources. Returns how many rows were still this worker's to finish.
+pub async fn delivered(tx: &mut Tx, owner: &str, rows: &[(&Claimed, Option<&str>)]) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let seqs: Vec<i64> = rows.iter().map(|(c, _)| c.seq).collect();
     let mut sql = Sql::new(
         "UPDATE sync_outbox SET state = 'delivered', lease_owner = NULL, lease_until = NULL, \
          last_status = NULL, finished_at = ",
     );
-    sql.bind(now)
-        .push(" WHERE seq = ")
-        .bind(c.seq)
-        .push(" AND lease_owner = ")
+    sql.bind(now_micros())
+        .push(" WHERE seq IN (")
+        .bind_list(&seqs)
+        .push(") AND lease_owner = ")
         .bind(owner)
         .push(" AND state = 'pending'");
     let changed = tx.execute(&sql).await?;
-    if changed > 0 {
-        match (c.op, remote_id) {
-            (SyncOp::Upsert, Some(remote)) => {
-                save_remote_id(tx, &c.ehr, &c.res_type, &c.res_id, remote).await?
+    // One resource per lane and step, so the keys below are distinct.
+    let ids: Vec<(&Claimed, &str)> = rows
+        .iter()
+        .filter(|(c, _)| c.op == SyncOp::Upsert)
+        .filter_map(|(c, r)| r.map(|r| (*c, r)))
+        .collect();
+    if !ids.is_empty() {
+        let mut ins =
+            Sql::new("INSERT INTO sync_remote_ids (ehr, res_type, local_id, remote_id) VALUES ");
+        for (i, (c, remote)) in ids.iter().enumerate() {
+            if i > 0 {
+                ins.push(", ");
             }
-            (SyncOp::Delete, _) => {
-                let mut del = Sql::new("DELETE FROM sync_remote_ids WHERE ehr = ");
-                del.bind(c.ehr.as_str())
-                    .push(" AND res_type = ")
-                    .bind(c.res_type.as_str())
-                    .push(" AND local_id = ")
-                    .bind(c.res_id.as_str());
-                tx.execute(&del).await?;
-            }
-            _ => {}
+            ins.push("(")
+                .bind(c.ehr.as_str())
+                .push(", ")
+                .bind(c.res_type.as_str())
+                .push(", ")
+                .bind(c.res_id.as_str())
+                .push(", ")
+                .bind(*remote)
+                .push(")");
         }
-        ehr_status(tx, &c.ehr, true, None).await?;
+        ins.push(
+            " ON CONFLICT (ehr, res_type, local_id) DO UPDATE SET remote_id = excluded.remote_id",
+        );
+        tx.execute(&ins).await?;
     }
-    Ok(())
+    for (c, _) in rows.iter().filter(|(c, _)| c.op == SyncOp::Delete) {
+        let mut del = Sql::new("DELETE FROM sync_remote_ids WHERE ehr = ");
+        del.bind(c.ehr.as_str())
+            .push(" AND res_type = ")
+            .bind(c.res_type.as_str())
+            .push(" AND local_id = ")
+            .bind(c.res_id.as_str());
+        tx.execute(&del).await?;
+    }
+    Ok(changed)
 }
 
 /// Ends a row's claim with a transient failure: due again at `next_at` (microseconds).
@@ -230,7 +248,6 @@ pub async fn retry_later(
         .bind(owner)
         .push(" AND state = 'pending'");
     tx.execute(&sql).await?;
-    ehr_status(tx, &c.ehr, false, Some(error)).await?;
     Ok(())
 }
 
@@ -261,9 +278,6 @@ pub async fn finish_failed(
         .bind(owner)
         .push(" AND state = 'pending'");
     tx.execute(&sql).await?;
-    if state == DEAD {
-        ehr_status(tx, &c.ehr, false, Some(error)).await?;
-    }
     Ok(())
 }
 
@@ -275,32 +289,37 @@ fn bind_opt_int(sql: &mut Sql, v: Option<i64>) {
     };
 }
 
-async fn ehr_status(tx: &mut Tx, ehr: &str, success: bool, error: Option<&str>) -> Result<()> {
+/// Per-EHR bookkeeping of a step: `delivered` more rows (and a last success when any), and the last error.
+pub async fn ehr_status(tx: &mut Tx, ehr: &str, delivered: u64, error: Option<&str>) -> Result<()> {
     let now = now_micros();
     let mut ensure = Sql::new("INSERT INTO sync_ehr_status (ehr, delivered) VALUES (");
     ensure.bind(ehr).push(", 0) ON CONFLICT (ehr) DO NOTHING");
     tx.execute(&ensure).await?;
-    let mut sql = if success {
-        let mut s =
-            Sql::new("UPDATE sync_ehr_status SET delivered = delivered + 1, last_success_at = ");
-        s.bind(now);
-        s
-    } else {
+    if delivered > 0 {
+        let mut s = Sql::new("UPDATE sync_ehr_status SET delivered = delivered + ");
+        s.bind(i64::try_from(delivered).unwrap_or(i64::MAX))
+            .push(", last_success_at = ")
+            .bind(now)
+            .push(" WHERE ehr = ")
+            .bind(ehr);
+        tx.execute(&s).await?;
+    }
+    if let Some(error) = error {
         let mut s = Sql::new("UPDATE sync_ehr_status SET last_error_at = ");
         s.bind(now)
             .push(", last_error = ")
-            .bind(error.unwrap_or(""));
-        s
-    };
-    sql.push(" WHERE ehr = ").bind(ehr);
-    tx.execute(&sql).await?;
+            .bind(error)
+            .push(" WHERE ehr = ")
+            .bind(ehr);
+        tx.execute(&s).await?;
+    }
     Ok(())
 }
 
 /// Records a failure that is not about one row (token endpoint down, pull failed).
 pub async fn record_ehr_error(db: &Db, ehr: &str, error: &str) -> Result<()> {
     let mut tx = db.begin_write().await?;
-    ehr_status(&mut tx, ehr, false, Some(error)).await?;
+    ehr_status(&mut tx, ehr, 0, Some(error)).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -315,28 +334,6 @@ pub async fn record_pull(db: &Db, ehr: &str) -> Result<()> {
     sql.bind(now_micros()).push(" WHERE ehr = ").bind(ehr);
     tx.execute(&sql).await?;
     tx.commit().await?;
-    Ok(())
-}
-
-async fn save_remote_id(
-    tx: &mut Tx,
-    ehr: &str,
-    res_type: &str,
-    local: &str,
-    remote: &str,
-) -> Result<()> {
-    let mut sql =
-        Sql::new("INSERT INTO sync_remote_ids (ehr, res_type, local_id, remote_id) VALUES (");
-    sql.bind(ehr)
-        .push(", ")
-        .bind(res_type)
-        .push(", ")
-        .bind(local)
-        .push(", ")
-        .bind(remote)
-        .push(") ON CONFLICT (ehr, res_type, local_id) DO UPDATE SET remote_id = ")
-        .bind(remote);
-    tx.execute(&sql).await?;
     Ok(())
 }
 

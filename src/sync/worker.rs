@@ -138,7 +138,7 @@ impl Worker {
                     Err(e) => failure = Some(e),
                 }
             }
-            self.record(&done).await?;
+            self.record(&target.config.name, &done).await?;
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -211,17 +211,24 @@ impl Worker {
         .await
     }
 
-    /// Records the outcomes of one step in one write transaction (one commit per step, not per row).
-    async fn record(&self, done: &[(&Claimed, Verdict)]) -> Result<()> {
+    /// Records the outcomes of one step (one EHR's rows) in one write transaction: one commit per step.
+    async fn record(&self, ehr: &str, done: &[(&Claimed, Verdict)]) -> Result<()> {
         if done.is_empty() {
             return Ok(());
         }
         let mut tx = self.db.begin_write().await?;
+        let delivered: Vec<(&Claimed, Option<&str>)> = done
+            .iter()
+            .filter_map(|(c, v)| match v {
+                Verdict::Delivered(remote) => Some((*c, remote.as_deref())),
+                _ => None,
+            })
+            .collect();
+        let n = outbox::delivered(&mut tx, &self.owner, &delivered).await?;
+        let mut last_error = None;
         for (c, verdict) in done {
             match verdict {
-                Verdict::Delivered(remote) => {
-                    outbox::delivered(&mut tx, c, &self.owner, remote.as_deref()).await?;
-                }
+                Verdict::Delivered(_) => {}
                 Verdict::Retry {
                     delay,
                     status,
@@ -230,6 +237,7 @@ impl Worker {
                     let next = now_micros()
                         .saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2));
                     outbox::retry_later(&mut tx, c, &self.owner, next, *status, error).await?;
+                    last_error = Some(error.as_str());
                 }
                 Verdict::Dead {
                     status,
@@ -246,6 +254,7 @@ impl Worker {
                         outcome.as_ref(),
                     )
                     .await?;
+                    last_error = Some(error.as_str());
                 }
                 Verdict::Withheld(why) => {
                     outbox::finish_failed(
@@ -261,6 +270,7 @@ impl Worker {
                 }
             }
         }
+        outbox::ehr_status(&mut tx, ehr, n, last_error).await?;
         tx.commit().await?;
         Ok(())
     }
