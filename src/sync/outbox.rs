@@ -118,18 +118,18 @@ pub async fn claim(
 ) -> Result<Vec<Claimed>> {
     let now = now_micros();
     let mut tx = db.begin_write().await?;
+    // The head of each lane (its oldest pending row) in one pass over the lane index, then those of them that
+    // are due and not leased.
     let mut sql = Sql::new(&format!(
-        "SELECT {CLAIM_COLS} FROM sync_outbox o WHERE o.ehr = "
+        "SELECT {CLAIM_COLS} FROM sync_outbox o WHERE o.seq IN \
+         (SELECT MIN(h.seq) FROM sync_outbox h WHERE h.ehr = "
     ));
     sql.bind(ehr)
-        .push(" AND o.state = 'pending' AND o.next_attempt_at <= ")
+        .push(" AND h.state = 'pending' GROUP BY h.lane) AND o.next_attempt_at <= ")
         .bind(now)
         .push(" AND (o.lease_until IS NULL OR o.lease_until < ")
         .bind(now)
-        .push(
-            ") AND NOT EXISTS (SELECT 1 FROM sync_outbox p WHERE p.ehr = o.ehr AND p.lane = o.lane \
-             AND p.state = 'pending' AND p.seq < o.seq) ORDER BY o.seq LIMIT ",
-        )
+        .push(") ORDER BY o.seq LIMIT ")
         .bind(i64::from(limit.max(1)));
     if tx.backend() == Backend::Postgres {
         sql.push(" FOR UPDATE SKIP LOCKED");
