@@ -410,8 +410,8 @@ async fn a_failing_record_holds_back_its_patient_only_and_order_is_kept() {
     );
 }
 
-#[tokio::test]
-async fn an_access_token_expiring_mid_stream_is_refreshed() {
+/// A gateway whose EHR connection uses SMART Backend Services with a fresh EC P-384 key the fake EHR trusts.
+async fn setup_smart() -> Sync {
     use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
@@ -427,6 +427,7 @@ async fn an_access_token_expiring_mid_stream_is_refreshed() {
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         lines.join("\n")
     );
+    // The key is read when the worker is built, so the file may go once setup returns.
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("ehr-key.pem");
     std::fs::write(&key_file, pem).unwrap();
@@ -442,6 +443,12 @@ async fn an_access_token_expiring_mid_stream_is_refreshed() {
         st.client_key = Some(public);
         st.client_id = "kap-gateway-test".into();
     });
+    s
+}
+
+#[tokio::test]
+async fn an_access_token_expiring_mid_stream_is_refreshed() {
+    let s = setup_smart().await;
     s.put(&example("Patient-kap-example-patient")).await;
     s.drain(Duration::from_secs(10)).await;
     assert_eq!(s.fake.with(|st| st.token_requests), 1);
@@ -1009,4 +1016,19 @@ async fn the_periodic_pull_refreshes_every_local_patient_the_ehr_knows_and_stops
         .unwrap();
     let status = s.app.get_with(&s.admin, "/admin/sync").await;
     assert!(status.body["ehrs"][0]["last_pull"].is_string());
+}
+
+#[tokio::test]
+async fn an_access_token_is_renewed_before_it_expires() {
+    let s = setup_smart().await;
+    // Two-second tokens are renewed after one second (half their life), before the EHR would refuse them.
+    s.fake.with(|st| st.token_lifetime = 2);
+    s.put(&example("Patient-kap-example-patient")).await;
+    s.drain(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.put(&score("r1", "sc-r1", 3)).await;
+    s.drain(Duration::from_secs(10)).await;
+    assert_eq!(s.fake.with(|st| st.token_requests), 2);
+    let statuses: Vec<u16> = s.fake.writes().iter().map(|w| w.status).collect();
+    assert_eq!(statuses, vec![201, 201], "no request was refused");
 }
