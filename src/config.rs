@@ -48,6 +48,12 @@ pub struct Config {
     /// Bulk Data export (`[bulk]`).
     #[serde(default)]
     pub bulk: BulkConfig,
+    /// EHR connections (`[[ehr]]` tables) that KAP records are pushed to and demographics pulled from.
+    #[serde(default)]
+    pub ehr: Vec<crate::sync::config::EhrConfig>,
+    /// The outbox worker (`[sync]`).
+    #[serde(default)]
+    pub sync: crate::sync::config::SyncConfig,
 }
 
 /// `[bulk]`: the export worker and the lifetime of exported files.
@@ -154,6 +160,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             kap: crate::kap::rules::KapSettings::default(),
             bulk: BulkConfig::default(),
+            ehr: Vec::new(),
+            sync: crate::sync::config::SyncConfig::default(),
         }
     }
 }

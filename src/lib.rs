@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod service;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod workers;

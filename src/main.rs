@@ -48,6 +48,12 @@ enum Command {
     /// partial courses, every route, adverse events, responders and non-responders) and registers demo clients and
     /// users to try every endpoint with. For trying the gateway out, never for a clinic's real database.
     Seed(SeedArgs),
+    /// EHR sync: outbox status, retry of dead letters, pull from an EHR, disclosure authorizations.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+    /// The EHR connections of the configuration.
+    #[command(subcommand)]
+    Ehr(EhrCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +66,62 @@ struct SeedArgs {
     patients: usize,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Queue depth, oldest pending age, last success and error per EHR, and dead letters.
+    Status {
+        /// Print JSON (as GET /admin/sync) instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Put dead letters back in the queue: one (--seq), one EHR's (--ehr) or all (--all).
+    Retry {
+        #[arg(long, value_name = "SEQ")]
+        seq: Option<i64>,
+        #[arg(long, value_name = "NAME")]
+        ehr: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Pull a patient (found by identifier) and their AllergyIntolerance, Condition and MedicationStatement
+    /// resources from an EHR; with --all, every patient known to that EHR.
+    ///
+    /// Example: kap-gateway sync pull --ehr clinic-ehr --identifier 'urn:oid:2.16.840.1.113883.19.5|MRN-5521907'
+    Pull {
+        #[arg(long, value_name = "NAME")]
+        ehr: String,
+        #[arg(long, value_name = "SYSTEM|VALUE")]
+        identifier: Option<String>,
+        #[arg(long, conflicts_with = "identifier")]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Record a patient's authorization to disclose psychotherapy notes to an EHR (or every EHR with --ehr '*').
+    Authorize {
+        /// Local Patient id.
+        #[arg(long, value_name = "ID")]
+        patient: String,
+        #[arg(long, value_name = "NAME", default_value = "*")]
+        ehr: String,
+        /// Where the signed authorization is kept.
+        #[arg(long, value_name = "TEXT")]
+        reference: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EhrCommand {
+    /// List the configured EHR connections (name, base URL, authentication, kinds pushed, patient identifier system).
+    List,
 }
 
 #[derive(Debug, clap::Args)]
@@ -274,6 +336,8 @@ async fn main() -> ExitCode {
         Some(Command::Keys(command)) => keys(&cli, command).await,
         Some(Command::Launch(args)) => launch(&cli, args).await,
         Some(Command::Seed(args)) => seed(&cli, args).await,
+        Some(Command::Sync(command)) => sync(&cli, command).await,
+        Some(Command::Ehr(EhrCommand::List)) => ehr_list(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -700,4 +764,202 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+fn ehr_list(cli: &Cli) -> Result<(), String> {
+    let config = load(cli, &DbArgs::default())?;
+    kap_gateway::sync::config::check_all(&config.ehr)?;
+    let rows = config
+        .ehr
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.base_url.clone(),
+                match e.auth {
+                    kap_gateway::sync::config::EhrAuthKind::SmartBackend => format!(
+                        "smart-backend ({}, {})",
+                        e.client_id.clone().unwrap_or_default(),
+                        e.algorithm
+                    ),
+                    kap_gateway::sync::config::EhrAuthKind::Bearer => "bearer".into(),
+                    kap_gateway::sync::config::EhrAuthKind::None => "none".into(),
+                },
+                e.push.join(","),
+                e.patient_identifier_system.clone().unwrap_or_default(),
+                format!("{} s", e.timeout_secs),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "BASE URL",
+            "AUTH",
+            "PUSH",
+            "PATIENT IDENTIFIER SYSTEM",
+            "TIMEOUT",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+async fn sync(cli: &Cli, command: &SyncCommand) -> Result<(), String> {
+    use kap_gateway::sync::outbox;
+    match command {
+        SyncCommand::Status { json, store } => {
+            let (config, opened) = open_store(cli, store).await?;
+            let ehrs: Vec<(String, String)> = config
+                .ehr
+                .iter()
+                .map(|e| (e.name.clone(), e.base_url.clone()))
+                .collect();
+            let status = outbox::status(&opened.db, &ehrs, 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+                );
+                return Ok(());
+            }
+            print_table(
+                &[
+                    "EHR",
+                    "PENDING",
+                    "RETRYING",
+                    "DEAD",
+                    "WITHHELD",
+                    "DELIVERED",
+                    "OLDEST PENDING",
+                    "LAST SUCCESS",
+                    "LAST ERROR",
+                ],
+                status
+                    .ehrs
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.name.clone(),
+                            e.pending.to_string(),
+                            e.retrying.to_string(),
+                            e.dead.to_string(),
+                            e.withheld.to_string(),
+                            e.delivered.to_string(),
+                            e.oldest_pending_age_secs
+                                .map(|s| format!("{s:.1} s"))
+                                .unwrap_or_default(),
+                            e.last_success.clone().unwrap_or_default(),
+                            match (&e.last_error_at, &e.last_error) {
+                                (Some(at), Some(err)) => format!("{at} {err}"),
+                                _ => String::new(),
+                            },
+                        ]
+                    })
+                    .collect(),
+            );
+            if !status.dead_letters.is_empty() {
+                println!();
+                print_table(
+                    &["SEQ", "EHR", "RESOURCE", "IDENTIFIER", "ATTEMPTS", "ERROR"],
+                    status
+                        .dead_letters
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.seq.to_string(),
+                                d.ehr.clone(),
+                                format!("{}/_history/{}", d.resource, d.version),
+                                d.identifier.clone(),
+                                d.attempts.to_string(),
+                                d.error.clone().unwrap_or_default(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        SyncCommand::Retry {
+            seq,
+            ehr,
+            all,
+            store,
+        } => {
+            if seq.is_none() && ehr.is_none() && !all {
+                return Err("say which dead letters to retry: --seq N, --ehr NAME or --all".into());
+            }
+            let (_, opened) = open_store(cli, store).await?;
+            let n = outbox::retry_dead(&opened.db, *seq, ehr.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{n} dead letter(s) queued again");
+        }
+        SyncCommand::Pull {
+            ehr,
+            identifier,
+            all,
+            store,
+        } => {
+            let (config, opened) = open_store(cli, store).await?;
+            let worker = kap_gateway::sync::worker::Worker::new(
+                opened.db.clone(),
+                &config.ehr,
+                config.sync.clone(),
+            )?;
+            let target = worker
+                .targets()
+                .iter()
+                .find(|t| &t.config.name == ehr)
+                .ok_or_else(|| format!("no EHR named {ehr:?} is configured"))?;
+            let service = kap_gateway::service::FhirService::new(opened, config.fhir_base_url())
+                .with_outbox(kap_gateway::sync::Outbox::new(&config.ehr));
+            let identifiers = match (identifier, all) {
+                (Some(i), _) => vec![i.clone()],
+                (None, true) => {
+                    kap_gateway::sync::pull::known_identifiers(&service, target).await?
+                }
+                (None, false) => return Err("give --identifier SYSTEM|VALUE or --all".into()),
+            };
+            let mut failed = 0;
+            for id in identifiers {
+                match kap_gateway::sync::pull::pull_patient(&service, target, &id).await {
+                    Ok(report) => println!(
+                        "{}",
+                        serde_json::to_string(&report).map_err(|e| e.to_string())?
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("kap-gateway: pull of {id} failed: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(format!("{failed} pull(s) failed"));
+            }
+        }
+        SyncCommand::Authorize {
+            patient,
+            ehr,
+            reference,
+            store,
+        } => {
+            let (config, opened) = open_store(cli, store).await?;
+            if ehr != "*" && !config.ehr.iter().any(|e| &e.name == ehr) {
+                return Err(format!("no EHR named {ehr:?} is configured"));
+            }
+            let n = outbox::authorize_disclosure(
+                &opened.db,
+                patient,
+                ehr,
+                "kap-gateway sync authorize",
+                reference.as_deref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("authorization recorded; {n} withheld note(s) queued again");
+        }
+    }
+    Ok(())
 }

@@ -78,7 +78,8 @@ pub fn build_state(
             .map(|t| (*t).to_owned())
             .collect(),
     };
-    let fhir = FhirService::new(store.clone(), base_url.clone());
+    let fhir = FhirService::new(store.clone(), base_url.clone())
+        .with_outbox(crate::sync::Outbox::new(&config.ehr));
     AppState {
         config: config.clone(),
         base_url,
@@ -158,6 +159,45 @@ impl Application {
         );
         let state = build_state(&config, store, base_url, auth, workers.clone());
         crate::bulk::worker::start(state.fhir.clone(), config.bulk.clone(), &workers);
+        // EHR sync: the configuration is checked (keys read) even when this process runs no worker. The worker and
+        // the periodic pull run under the worker registry: shutdown lets them finish the delivery in progress.
+        if !config.ehr.is_empty() {
+            state.metrics.set_outbox_source(std::sync::Arc::new(
+                crate::sync::outbox::MetricsSource {
+                    db: state.store.db.clone(),
+                    ehrs: config
+                        .ehr
+                        .iter()
+                        .map(|e| (e.name.clone(), e.base_url.clone()))
+                        .collect(),
+                },
+            ));
+            let worker = crate::sync::worker::Worker::new(
+                state.store.db.clone(),
+                &config.ehr,
+                config.sync.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("EHR sync configuration: {e}"))?;
+            if config.sync.worker {
+                let targets = worker.targets().to_vec();
+                let fhir = state.fhir.clone();
+                workers.spawn("ehr-sync", Stage::Background, None, |w| async move {
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    let task = tokio::spawn(worker.run(stopped));
+                    w.stopping().await;
+                    let _ = stop.send(true);
+                    let _ = task.await;
+                });
+                workers.spawn("ehr-pull", Stage::Background, None, |w| async move {
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    let task =
+                        tokio::spawn(crate::sync::pull::run_periodic(fhir, targets, stopped));
+                    w.stopping().await;
+                    let _ = stop.send(true);
+                    let _ = task.await;
+                });
+            }
+        }
         let app_state = state.clone();
         // Signals are handled in `run_until_stopped` (actix would treat SIGINT as a forced stop).
         let mut server = HttpServer::new(move || create_app(app_state.clone()))

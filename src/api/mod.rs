@@ -1,6 +1,7 @@
 //! The HTTP layer: actix-web handlers only (extract → one call → respond) for `/fhir`, `/auth`, `/health`, `/metrics`
 //! and the API description, and the composition of the application (`create_app`) used by `main` and by the tests.
 
+pub mod admin;
 pub mod audit;
 pub mod conformance;
 pub mod docs;
@@ -160,6 +161,14 @@ pub const ROUTES: &[Route] = &[
         "/fhir/Patient/{id}/$everything",
         &["GET"],
     ),
+    route("/admin/sync", "/admin/sync", &["GET"]),
+    route("/admin/sync/metrics", "/admin/sync/metrics", &["GET"]),
+    route("/admin/sync/retry", "/admin/sync/retry", &["POST"]),
+    route(
+        "/admin/sync/authorizations",
+        "/admin/sync/authorizations",
+        &["POST"],
+    ),
     route("/kap/v1/patients", "/kap/v1/patients", &["POST"]),
     route("/kap/v1/patients/link", "/kap/v1/patients/link", &["POST"]),
     route(
@@ -317,6 +326,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/auth/launch")
             .route(web::post().to(oauth::launch))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync")
+            .route(web::get().to(admin::status))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync/metrics")
+            .route(web::get().to(admin::metrics))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync/retry")
+            .route(web::post().to(admin::retry))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/admin/sync/authorizations")
+            .route(web::post().to(admin::authorize))
             .default_service(na()),
     )
     .service(

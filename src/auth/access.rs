@@ -10,6 +10,9 @@ use crate::fhir::outcome::Issue;
 /// `therapist` or `admin`.
 pub const PSYCHOTHERAPY_SCOPE: &str = "kap/psychotherapy-notes.read";
 
+/// Scope that opens `/admin/sync` (EHR sync status and repair) to a backend service or an administrator's app.
+pub const SYNC_ADMIN_SCOPE: &str = "kap/sync.admin";
+
 pub use crate::fhir::labels::{PSY_CODE, PSY_SYSTEM, is_psychotherapy};
 
 /// Who is calling and what they may do.

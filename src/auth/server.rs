@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
-use super::access::{Access, PSYCHOTHERAPY_SCOPE};
+use super::access::{Access, PSYCHOTHERAPY_SCOPE, SYNC_ADMIN_SCOPE};
 use super::keys::{KeyError, claims_of, verify_with_jwks};
 use super::pages::{Page, PatientChoice};
 use super::registry::{Client, ClientKind, Registry, RegistryError, Role, User};
@@ -527,6 +527,7 @@ pub fn grantable_for_user(requested: &ScopeSet, allowed: &ScopeSet, role: Role) 
             Scope::Other(o) if o == PSYCHOTHERAPY_SCOPE => {
                 matches!(role, Role::Therapist | Role::Admin)
             }
+            Scope::Other(o) if o == SYNC_ADMIN_SCOPE => role == Role::Admin,
             Scope::Other(_) => true,
         })
         .collect();
@@ -1911,10 +1912,11 @@ impl OAuthServer {
             .ok_or_else(|| OAuthError::invalid_scope("scope is required"))?;
         let requested =
             ScopeSet::parse(text).map_err(|e| OAuthError::invalid_scope(e.to_string()))?;
-        // A backend service acts for itself: only system scopes (and the psychotherapy permission) make sense.
+        // A backend service acts for itself: only system scopes (and the psychotherapy and sync-admin
+        // permissions) make sense.
         if let Some(bad) = requested.scopes.iter().find(|s| match s {
             Scope::Resource(r) => r.context != ScopeContext::System,
-            Scope::Other(o) => o != PSYCHOTHERAPY_SCOPE,
+            Scope::Other(o) => o != PSYCHOTHERAPY_SCOPE && o != SYNC_ADMIN_SCOPE,
         }) {
             return Err(OAuthError::invalid_scope(format!(
                 "{bad} is not available to a backend service; request system/ scopes"

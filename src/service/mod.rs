@@ -18,6 +18,7 @@ use crate::fhir::validate::validate_resource;
 use crate::store::db::Tx;
 use crate::store::search_sql::SearchPage;
 use crate::store::{HistoryEntry, HistoryScope, Method, Store, StoredResource};
+use crate::sync::SyncOp;
 
 /// The result of a write: the stored version and whether it created the resource (201) or not (200).
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct WriteOutcome {
 pub struct FhirService {
     pub store: Store,
     pub base_url: String,
+    /// EHR sync: changes to KAP resources are enqueued in the same transaction as the write.
+    pub outbox: crate::sync::Outbox,
 }
 
 /// Parses a `W/"n"` (or `"n"`, or `n`) ETag into a version number.
@@ -212,7 +215,17 @@ impl FhirService {
     }
 
     pub fn new(store: Store, base_url: String) -> FhirService {
-        FhirService { store, base_url }
+        FhirService {
+            store,
+            base_url,
+            outbox: crate::sync::Outbox::default(),
+        }
+    }
+
+    /// The same service, enqueueing KAP resource changes for the given EHRs.
+    pub fn with_outbox(mut self, outbox: crate::sync::Outbox) -> FhirService {
+        self.outbox = outbox;
+        self
     }
 
     pub fn parse_options(&self, strict: bool) -> ParseOptions<'_> {
@@ -591,11 +604,15 @@ impl FhirService {
             }
         }
         let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let sync = self.outbox.describe(res_type, &id, &resource);
         let stored = self
             .store
             .insert(tx, res_type, &id, resource, index, Method::Post)
             .await?;
         self.check_written(tx, access, &permit, &stored).await?;
+        self.outbox
+            .enqueue(tx, sync.as_ref(), stored.version, SyncOp::Upsert)
+            .await?;
         if let Some(hash) = key
             && !self
                 .store
@@ -702,11 +719,15 @@ impl FhirService {
             None => {
                 // Update-as-create needs the right to create.
                 let create = access.permit(res_type, Op::Create)?;
+                let sync = self.outbox.describe(res_type, id, &resource);
                 let stored = self
                     .store
                     .insert(tx, res_type, id, resource, index, method)
                     .await?;
                 self.check_written(tx, access, &create, &stored).await?;
+                self.outbox
+                    .enqueue(tx, sync.as_ref(), stored.version, SyncOp::Upsert)
+                    .await?;
                 WriteOutcome {
                     resource: stored,
                     created: true,
@@ -729,8 +750,12 @@ impl FhirService {
                     });
                 }
                 let created = cur.deleted;
+                let sync = self.outbox.describe(res_type, id, &resource);
                 let stored = self.store.update(tx, &cur, resource, index, method).await?;
                 self.check_written(tx, access, &permit, &stored).await?;
+                self.outbox
+                    .enqueue(tx, sync.as_ref(), stored.version, SyncOp::Upsert)
+                    .await?;
                 WriteOutcome {
                     resource: stored,
                     created,
@@ -856,9 +881,25 @@ impl FhirService {
                         cur.version
                     )));
                 }
-                Ok(Some(self.store.delete(tx, &cur).await?))
+                let deleted = self.store.delete(tx, &cur).await?;
+                self.enqueue_delete(tx, &cur).await?;
+                Ok(Some(deleted))
             }
         }
+    }
+
+    /// Enqueues the deletion of a KAP resource; `before` is the version deleted (it carries the identifier).
+    async fn enqueue_delete(&self, tx: &mut Tx, before: &StoredResource) -> Result<()> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        if let Some(json) = before.json() {
+            let sync = self.outbox.describe(&before.res_type, &before.id, &json);
+            self.outbox
+                .enqueue(tx, sync.as_ref(), before.version, SyncOp::Delete)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Conditional delete (single match; several → 412): https://hl7.org/fhir/R4/http.html#cdelete
@@ -890,7 +931,11 @@ impl FhirService {
             .await?;
         match matches.as_slice() {
             [] => Ok(None),
-            [one] => Ok(Some(self.store.delete(tx, one).await?)),
+            [one] => {
+                let deleted = self.store.delete(tx, one).await?;
+                self.enqueue_delete(tx, one).await?;
+                Ok(Some(deleted))
+            }
             _ => Err(Error::precondition_failed(format!(
                 "The conditional delete criteria matched several {res_type} resources; refine them"
             ))),

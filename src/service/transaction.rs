@@ -519,6 +519,8 @@ impl FhirService {
             (Method::Post, Vec::new(), Vec::new()),
             (Method::Put, Vec::new(), Vec::new()),
         ];
+        // EHR sync: what each new KAP resource will queue, worked out before the resources move into the store.
+        let mut sync: HashMap<usize, crate::sync::Described> = HashMap::new();
         for &i in run {
             let e = &entries[i];
             let ctx = entry_path(e.index);
@@ -538,6 +540,9 @@ impl FhirService {
             })();
             checks.map_err(|err| err.in_context(&ctx))?;
             let index = self.index_only(&e.res_type, &resource);
+            if let Some(d) = self.outbox.describe(&e.res_type, &id, &resource) {
+                sync.insert(i, d);
+            }
             let slot = usize::from(e.method == "PUT");
             batches[slot].1.push(i);
             batches[slot].2.push(NewResource {
@@ -560,6 +565,9 @@ impl FhirService {
                 self.check_written(tx, access, &permit, &r)
                     .await
                     .map_err(|err| err.in_context(&entry_path(e.index)))?;
+                self.outbox
+                    .enqueue(tx, sync.get(&i), r.version, crate::sync::SyncOp::Upsert)
+                    .await?;
                 responses[i] = bundle::write_response_entry(
                     &self.base_url,
                     &WriteOutcome {

@@ -75,6 +75,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "bulk data export",
         include_str!("../../migrations/sqlite/0004_bulk_export.sql"),
     ),
+    (
+        5,
+        "ehr sync",
+        include_str!("../../migrations/sqlite/0005_sync.sql"),
+    ),
 ];
 pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -96,6 +101,11 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "bulk data export",
         include_str!("../../migrations/postgres/0004_bulk_export.sql"),
+    ),
+    (
+        5,
+        "ehr sync",
+        include_str!("../../migrations/postgres/0005_sync.sql"),
     ),
 ];
 
