@@ -31,6 +31,8 @@ pub const SUPPORTED_TYPES: &[&str] = &[
     "Group",
     "Provenance",
     "AuditEvent",
+    "AllergyIntolerance",
+    "MedicationStatement",
 ];
 
 /// The FHIR SearchParamType of a parameter (https://hl7.org/fhir/R4/valueset-search-param-type.html).
@@ -1166,6 +1168,227 @@ static MEDICATION_ADMINISTRATION_PARAMS: &[SearchParamDef] = &[
     ),
 ];
 
+/// AllergyIntolerance (https://hl7.org/fhir/R4/allergyintolerance.html#search): pulled from EHRs for the
+/// contraindication screen.
+static ALLERGY_INTOLERANCE_PARAMS: &[SearchParamDef] = &[
+    sp(
+        "asserter",
+        Reference,
+        &["asserter"],
+        &[
+            "Patient",
+            "RelatedPerson",
+            "Practitioner",
+            "PractitionerRole",
+        ],
+        "Source of the information about the allergy",
+    ),
+    sp(
+        "category",
+        Token,
+        &["category"],
+        ANY,
+        "food | medication | environment | biologic",
+    ),
+    sp(
+        "clinical-status",
+        Token,
+        &["clinicalStatus"],
+        ANY,
+        "active | inactive | resolved",
+    ),
+    sp(
+        "code",
+        Token,
+        &["code", "reaction.substance"],
+        ANY,
+        "Code that identifies the allergy or intolerance",
+    ),
+    sp(
+        "criticality",
+        Token,
+        &["criticality"],
+        ANY,
+        "low | high | unable-to-assess",
+    ),
+    sp(
+        "date",
+        Date,
+        &["recordedDate"],
+        ANY,
+        "Date first version of the resource instance was recorded",
+    ),
+    sp(
+        "identifier",
+        Token,
+        &["identifier"],
+        ANY,
+        "External ids for this item",
+    ),
+    sp(
+        "last-date",
+        Date,
+        &["lastOccurrence"],
+        ANY,
+        "Date(/time) of last known occurrence of a reaction",
+    ),
+    sp(
+        "manifestation",
+        Token,
+        &["reaction.manifestation"],
+        ANY,
+        "Clinical symptoms/signs associated with the Event",
+    ),
+    sp(
+        "onset",
+        Date,
+        &["reaction.onset"],
+        ANY,
+        "Date(/time) when manifestations showed",
+    ),
+    sp(
+        "patient",
+        Reference,
+        &["patient"],
+        PATIENT,
+        "Who the sensitivity is for",
+    ),
+    sp(
+        "recorder",
+        Reference,
+        &["recorder"],
+        &[
+            "Patient",
+            "RelatedPerson",
+            "Practitioner",
+            "PractitionerRole",
+        ],
+        "Who recorded the sensitivity",
+    ),
+    sp(
+        "route",
+        Token,
+        &["reaction.exposureRoute"],
+        ANY,
+        "How the subject was exposed to the substance",
+    ),
+    sp(
+        "severity",
+        Token,
+        &["reaction.severity"],
+        ANY,
+        "mild | moderate | severe (of event as a whole)",
+    ),
+    sp(
+        "type",
+        Token,
+        &["type"],
+        ANY,
+        "allergy | intolerance - Underlying mechanism (if known)",
+    ),
+    sp(
+        "verification-status",
+        Token,
+        &["verificationStatus"],
+        ANY,
+        "unconfirmed | confirmed | refuted | entered-in-error",
+    ),
+];
+
+/// MedicationStatement (https://hl7.org/fhir/R4/medicationstatement.html#search): pulled from EHRs for the
+/// contraindication screen.
+static MEDICATION_STATEMENT_PARAMS: &[SearchParamDef] = &[
+    sp(
+        "category",
+        Token,
+        &["category"],
+        ANY,
+        "Returns statements of this category of medicationstatement",
+    ),
+    sp(
+        "code",
+        Token,
+        &["medicationCodeableConcept"],
+        ANY,
+        "Return statements of this medication code",
+    ),
+    sp(
+        "context",
+        Reference,
+        &["context"],
+        &["Encounter", "EpisodeOfCare"],
+        "Returns statements for a specific context (episode or episode of Care).",
+    ),
+    sp(
+        "effective",
+        Date,
+        &["effectiveDateTime", "effectivePeriod"],
+        ANY,
+        "Date when patient was taking (or not taking) the medication",
+    ),
+    sp(
+        "identifier",
+        Token,
+        &["identifier"],
+        ANY,
+        "Return statements with this external identifier",
+    ),
+    sp(
+        "medication",
+        Reference,
+        &["medicationReference"],
+        &["Medication"],
+        "Return statements of this medication reference",
+    ),
+    sp(
+        "part-of",
+        Reference,
+        &["partOf"],
+        &[
+            "MedicationAdministration",
+            "MedicationDispense",
+            "MedicationStatement",
+            "Procedure",
+            "Observation",
+        ],
+        "Returns statements that are part of another event.",
+    ),
+    sp(
+        "patient",
+        Reference,
+        &["subject"],
+        PATIENT,
+        "Returns statements for a specific patient.",
+    ),
+    sp(
+        "source",
+        Reference,
+        &["informationSource"],
+        &[
+            "Patient",
+            "Practitioner",
+            "PractitionerRole",
+            "RelatedPerson",
+            "Organization",
+        ],
+        "Who or where the information in the statement came from",
+    ),
+    sp(
+        "status",
+        Token,
+        &["status"],
+        ANY,
+        "Return statements that match the given status",
+    ),
+    sp(
+        "subject",
+        Reference,
+        &["subject"],
+        &["Patient", "Group"],
+        "The identity of a patient, animal or group to list statements for",
+    ),
+];
+
 static CONDITION_PARAMS: &[SearchParamDef] = &[
     sp(
         "abatement-age",
@@ -1662,6 +1885,8 @@ pub fn type_params(resource_type: &str) -> Option<&'static [SearchParamDef]> {
         "Group" => GROUP_PARAMS,
         "Provenance" => PROVENANCE_PARAMS,
         "AuditEvent" => AUDIT_EVENT_PARAMS,
+        "AllergyIntolerance" => ALLERGY_INTOLERANCE_PARAMS,
+        "MedicationStatement" => MEDICATION_STATEMENT_PARAMS,
         _ => return None,
     };
     Some(params)
@@ -1698,6 +1923,8 @@ pub fn patient_compartment_params(resource_type: &str) -> &'static [&'static str
         "Observation" => &["subject", "performer"],
         "Patient" => &["link"],
         "Provenance" => &["patient"],
+        "AllergyIntolerance" => &["patient", "recorder", "asserter"],
+        "MedicationStatement" => &["subject"],
         _ => &[],
     }
 }

@@ -639,6 +639,18 @@ async fn pull_stores_the_ehrs_patient_and_conditions_with_their_source_increment
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertensive disorder"}]},
         "subject": {"reference": format!("Patient/{remote}")}
     }));
+    s.fake.seed(json!({
+        "resourceType": "AllergyIntolerance",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "294640001", "display": "Ketamine allergy"}]},
+        "patient": {"reference": format!("Patient/{remote}")}
+    }));
+    s.fake.seed(json!({
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "2670", "display": "codeine"}]},
+        "subject": {"reference": format!("Patient/{remote}")}
+    }));
     let service = kap_gateway::service::FhirService::new(
         kap_gateway::store::Store::new(s.db.clone()),
         s.app.base.clone(),
@@ -652,8 +664,9 @@ async fn pull_stores_the_ehrs_patient_and_conditions_with_their_source_increment
         report.patient.as_deref(),
         Some("Patient/kap-example-patient")
     );
-    assert_eq!(report.written.len(), 2, "{report:?}");
+    assert_eq!(report.written.len(), 4, "{report:?}");
     assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.skipped_types.is_empty(), "{report:?}");
 
     let patient = s.app.get("/fhir/Patient/kap-example-patient").await;
     assert_eq!(patient.body["name"][0]["given"][0], json!("Alexandra"));
@@ -681,7 +694,23 @@ async fn pull_stores_the_ehrs_patient_and_conditions_with_their_source_increment
         .app
         .get(&format!("/fhir/{}", report.provenance.clone().unwrap()))
         .await;
-    assert_eq!(provenance.body["target"].as_array().unwrap().len(), 2);
+    assert_eq!(provenance.body["target"].as_array().unwrap().len(), 4);
+    // The contraindication screen's inputs: the allergy and the medication, found by patient.
+    let allergies = s
+        .app
+        .get("/fhir/AllergyIntolerance?patient=Patient/kap-example-patient")
+        .await;
+    assert_eq!(
+        allergies.body["entry"][0]["resource"]["code"]["coding"][0]["code"],
+        json!("294640001"),
+        "{}",
+        allergies.text
+    );
+    let meds = s
+        .app
+        .get("/fhir/MedicationStatement?patient=kap-example-patient&status=active")
+        .await;
+    assert_eq!(meds.match_ids().len(), 1, "{}", meds.text);
     assert_eq!(
         provenance.body["entity"][0]["what"]["reference"],
         json!(format!("{}/Patient/{remote}", s.fake.base()))
