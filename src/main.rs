@@ -810,11 +810,7 @@ async fn sync(cli: &Cli, command: &SyncCommand) -> Result<(), String> {
     match command {
         SyncCommand::Status { json, store } => {
             let (config, opened) = open_store(cli, store).await?;
-            let ehrs: Vec<(String, String)> = config
-                .ehr
-                .iter()
-                .map(|e| (e.name.clone(), e.base_url.clone()))
-                .collect();
+            let ehrs = kap_gateway::sync::config::names_and_urls(&config.ehr);
             let status = outbox::status(&opened.db, &ehrs, 1000)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -165,11 +165,7 @@ impl Application {
             state.metrics.set_outbox_source(std::sync::Arc::new(
                 crate::sync::outbox::MetricsSource {
                     db: state.store.db.clone(),
-                    ehrs: config
-                        .ehr
-                        .iter()
-                        .map(|e| (e.name.clone(), e.base_url.clone()))
-                        .collect(),
+                    ehrs: crate::sync::config::names_and_urls(&config.ehr),
                 },
             ));
             let worker = crate::sync::worker::Worker::new(

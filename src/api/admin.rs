@@ -49,12 +49,7 @@ pub async fn status(
     query: web::Query<StatusQuery>,
 ) -> Result<HttpResponse, Error> {
     require_admin(&access)?;
-    let ehrs: Vec<(String, String)> = state
-        .config
-        .ehr
-        .iter()
-        .map(|e| (e.name.clone(), e.base_url.clone()))
-        .collect();
+    let ehrs = crate::sync::config::names_and_urls(&state.config.ehr);
     let limit = query.dead_letters.unwrap_or(100).clamp(0, 1000);
     let status = outbox::status(&state.store.db, &ehrs, limit).await?;
     let body = serde_json::to_value(&status).map_err(Error::internal)?;
@@ -65,12 +60,7 @@ pub async fn status(
 /// letters, last success and error per EHR).
 pub async fn metrics(state: web::Data<AppState>, access: Access) -> Result<HttpResponse, Error> {
     require_admin(&access)?;
-    let ehrs: Vec<(String, String)> = state
-        .config
-        .ehr
-        .iter()
-        .map(|e| (e.name.clone(), e.base_url.clone()))
-        .collect();
+    let ehrs = crate::sync::config::names_and_urls(&state.config.ehr);
     let status = outbox::status(&state.store.db, &ehrs, 0).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -218,64 +218,51 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(course))
             .default_service(na()),
     );
-    cfg.service(
-        web::resource("/kap/v1/patients/{id}/evaluations")
-            .route(web::post().to(create::<Evaluation>))
-            .route(web::get().to(list::<Evaluation>))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/kap/v1/evaluations/{id}")
-            .route(web::get().to(get::<Evaluation>))
-            .route(web::put().to(update::<Evaluation>))
-            .default_service(na()),
+    record_routes::<Evaluation>(
+        cfg,
+        web::resource("/kap/v1/patients/{id}/evaluations"),
+        web::resource("/kap/v1/evaluations/{id}"),
     );
-    cfg.service(
-        web::resource("/kap/v1/patients/{id}/preparation-sessions")
-            .route(web::post().to(create::<Preparation>))
-            .route(web::get().to(list::<Preparation>))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/kap/v1/preparation-sessions/{id}")
-            .route(web::get().to(get::<Preparation>))
-            .route(web::put().to(update::<Preparation>))
-            .default_service(na()),
+    record_routes::<Preparation>(
+        cfg,
+        web::resource("/kap/v1/patients/{id}/preparation-sessions"),
+        web::resource("/kap/v1/preparation-sessions/{id}"),
     );
-    cfg.service(
-        web::resource("/kap/v1/patients/{id}/dosing-sessions")
-            .route(web::post().to(create::<Dosing>))
-            .route(web::get().to(list::<Dosing>))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/kap/v1/dosing-sessions/{id}")
-            .route(web::get().to(get::<Dosing>))
-            .route(web::put().to(update::<Dosing>))
-            .default_service(na()),
+    record_routes::<Dosing>(
+        cfg,
+        web::resource("/kap/v1/patients/{id}/dosing-sessions"),
+        web::resource("/kap/v1/dosing-sessions/{id}"),
     );
-    cfg.service(
-        web::resource("/kap/v1/patients/{id}/integration-sessions")
-            .route(web::post().to(create::<Integration>))
-            .route(web::get().to(list::<Integration>))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/kap/v1/integration-sessions/{id}")
-            .route(web::get().to(get::<Integration>))
-            .route(web::put().to(update::<Integration>))
-            .default_service(na()),
+    record_routes::<Integration>(
+        cfg,
+        web::resource("/kap/v1/patients/{id}/integration-sessions"),
+        web::resource("/kap/v1/integration-sessions/{id}"),
     );
+    record_routes::<FollowUp>(
+        cfg,
+        web::resource("/kap/v1/patients/{id}/follow-ups"),
+        web::resource("/kap/v1/follow-ups/{id}"),
+    );
+}
+
+/// The routes of one record kind: `per_patient` (record, list) and `by_id` (read, replace). The paths are written
+/// out at the call so the route table's check finds every registered resource.
+fn record_routes<R: KapRecord>(
+    cfg: &mut web::ServiceConfig,
+    per_patient: actix_web::Resource,
+    by_id: actix_web::Resource,
+) {
+    let na = || web::route().to(super::fhir::method_not_allowed);
     cfg.service(
-        web::resource("/kap/v1/patients/{id}/follow-ups")
-            .route(web::post().to(create::<FollowUp>))
-            .route(web::get().to(list::<FollowUp>))
+        per_patient
+            .route(web::post().to(create::<R>))
+            .route(web::get().to(list::<R>))
             .default_service(na()),
     )
     .service(
-        web::resource("/kap/v1/follow-ups/{id}")
-            .route(web::get().to(get::<FollowUp>))
-            .route(web::put().to(update::<FollowUp>))
+        by_id
+            .route(web::get().to(get::<R>))
+            .route(web::put().to(update::<R>))
             .default_service(na()),
     );
 }

@@ -80,13 +80,6 @@ pub const SESSION_KINDS: &[(&str, &str)] = &[
     ("follow_up", "follow-up"),
 ];
 
-pub fn session_code(kind: &str) -> Option<&'static str> {
-    SESSION_KINDS
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, c)| *c)
-}
-
 pub fn session_kind(code: &str) -> Option<&'static str> {
     SESSION_KINDS
         .iter()
@@ -273,11 +266,7 @@ pub const CONTRAINDICATIONS: &[&str] = &[
     "severe-cardiovascular-disease",
 ];
 
-pub const ELIGIBILITY: &[(&str, &str)] = &[
-    ("eligible", "Eligible"),
-    ("not-eligible", "Not eligible"),
-    ("deferred", "Deferred"),
-];
+pub const ELIGIBILITY: &[&str] = &["eligible", "not-eligible", "deferred"];
 
 pub const ADVERSE_EVENTS: &[&str] = &[
     "nausea",

@@ -89,7 +89,7 @@ fn check_after(issues: &mut Issues, path: &str, start: &str, end: &str, what: &s
     }
 }
 
-fn check_clinician(issues: &mut Issues, path: &str, c: &Option<Clinician>) {
+fn check_clinician(issues: &mut Issues, path: &str, c: Option<&Clinician>) {
     if let Some(c) = c {
         if let Some(id) = &c.id
             && !is_fhir_id(id)
@@ -111,7 +111,7 @@ fn check_common(issues: &mut Issues, c: &Common) {
         check_time(issues, "end", end);
         check_after(issues, "end", c.start, end, "the end");
     }
-    check_clinician(issues, "clinician", &c.clinician.cloned());
+    check_clinician(issues, "clinician", c.clinician);
     if let Some(course) = c.course_id
         && !is_fhir_id(course)
     {
@@ -375,10 +375,7 @@ pub fn check_evaluation(ev: &Evaluation) -> Result<(), Error> {
         }
         items.push(&ci.item);
     }
-    if !codes::ELIGIBILITY
-        .iter()
-        .any(|(c, _)| *c == ev.eligibility.decision)
-    {
+    if !codes::ELIGIBILITY.contains(&ev.eligibility.decision.as_str()) {
         issues.add(
             "eligibility.decision",
             format!(
@@ -425,7 +422,7 @@ pub fn check_preparation(p: &Preparation) -> Result<(), Error> {
 pub fn check_dosing(d: &Dosing, settings: &KapSettings) -> Result<(), Error> {
     let mut issues = Issues::default();
     check_common(&mut issues, &d.fields());
-    check_clinician(&mut issues, "prescriber", &d.prescriber);
+    check_clinician(&mut issues, "prescriber", d.prescriber.as_ref());
     if !codes::MEDICATIONS
         .iter()
         .any(|(n, _, _)| *n == d.medication)

@@ -339,8 +339,17 @@ impl KapService {
                         "the patient has no active course: record an evaluation that finds the patient eligible first",
                     ));
                 };
-                let id = str_of(&p["id"]).unwrap_or_default();
-                self.read_versioned(access, "CarePlan", &id).await?
+                // A search hit carries its version: no second read.
+                match p["meta"]["versionId"]
+                    .as_str()
+                    .and_then(|v| v.parse::<i64>().ok())
+                {
+                    Some(version) => (p, version),
+                    None => {
+                        let id = str_of(&p["id"]).unwrap_or_default();
+                        self.read_versioned(access, "CarePlan", &id).await?
+                    }
+                }
             }
         };
         let id = str_of(&plan["id"]).unwrap_or_default();
@@ -434,10 +443,17 @@ impl KapService {
             )));
         }
         let g = self.gather(access, enc).await?;
-        self.assemble::<R>(access, &g).await
+        self.assemble::<R>(access, &g, None).await
     }
 
-    async fn assemble<R: KapRecord>(&self, access: &Access, g: &Gathered) -> Result<Value> {
+    /// Rebuilds a record from its gathered resources. `dosing_sessions` (the patient's dosing Encounters in start
+    /// order), when the caller has them, numbers a dosing session without another search.
+    async fn assemble<R: KapRecord>(
+        &self,
+        access: &Access,
+        g: &Gathered,
+        dosing_sessions: Option<&[Value]>,
+    ) -> Result<Value> {
         let h = mapping::header_of(&g.encounter);
         let value = match R::CODE {
             "psychiatric-evaluation" => {
@@ -450,7 +466,10 @@ impl KapService {
             "preparation-session" => serde_json::to_value(mapping::preparation_from_fhir(g)),
             "dosing-session" => {
                 let mut d = mapping::dosing_from_fhir(g);
-                d.session_number = self.session_number(access, &h).await?;
+                d.session_number = match dosing_sessions {
+                    Some(sessions) => number_among(sessions, &h),
+                    None => self.session_number(access, &h).await?,
+                };
                 serde_json::to_value(d)
             }
             "integration-session" => serde_json::to_value(mapping::integration_from_fhir(g)),
@@ -467,16 +486,13 @@ impl KapService {
 
     /// 1-based position of a dosing session among its course's dosing sessions, by start time.
     async fn session_number(&self, access: &Access, h: &mapping::HeaderOut) -> Result<Option<u32>> {
-        let (Some(patient), Some(course), Some(id)) = (&h.patient_id, &h.course_id, &h.id) else {
+        let (Some(patient), Some(course)) = (&h.patient_id, &h.course_id) else {
             return Ok(None);
         };
         let sessions = self
             .course_sessions(access, patient, course, "dosing-session")
             .await?;
-        Ok(sessions
-            .iter()
-            .position(|e| e["id"] == id.as_str())
-            .and_then(|i| u32::try_from(i + 1).ok()))
+        Ok(number_among(&sessions, h))
     }
 
     /// The Encounters of a course of one kind (or all kinds with `None`), by start time.
@@ -499,13 +515,7 @@ impl KapService {
             .into_iter()
             .filter(|e| mapping::header_of(e).course_id.as_deref() == Some(course))
             .collect();
-        encs.sort_by(|a, b| {
-            compare_times(
-                a["period"]["start"].as_str().unwrap_or(""),
-                b["period"]["start"].as_str().unwrap_or(""),
-            )
-            .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        sort_by_start(&mut encs);
         Ok(encs)
     }
 
@@ -547,17 +557,11 @@ impl KapService {
         let mut encs = self
             .search(access, "Encounter", &[("subject", &subject), ("type", &ty)])
             .await?;
-        encs.sort_by(|a, b| {
-            compare_times(
-                a["period"]["start"].as_str().unwrap_or(""),
-                b["period"]["start"].as_str().unwrap_or(""),
-            )
-            .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        sort_by_start(&mut encs);
         let mut out = Vec::with_capacity(encs.len());
-        for enc in encs {
-            let g = self.gather(access, enc).await?;
-            out.push(self.assemble::<R>(access, &g).await?);
+        for enc in &encs {
+            let g = self.gather(access, enc.clone()).await?;
+            out.push(self.assemble::<R>(access, &g, Some(&encs)).await?);
         }
         Ok(out)
     }
@@ -611,7 +615,7 @@ impl KapService {
             ));
         }
         let old = self.gather(access, enc).await?;
-        let old_rec: R = serde_json::from_value(self.assemble::<R>(access, &old).await?)
+        let old_rec: R = serde_json::from_value(self.assemble::<R>(access, &old, None).await?)
             .map_err(Error::internal)?;
         let mut attempt = 0;
         loop {
@@ -831,4 +835,27 @@ impl KapService {
 
 fn de<T: DeserializeOwned>(v: Value) -> Result<T> {
     serde_json::from_value(v).map_err(Error::internal)
+}
+
+/// Sorts Encounters by the start of their period.
+fn sort_by_start(encounters: &mut [Value]) {
+    encounters.sort_by(|a, b| {
+        compare_times(
+            a["period"]["start"].as_str().unwrap_or(""),
+            b["period"]["start"].as_str().unwrap_or(""),
+        )
+        .unwrap_or(std::cmp::Ordering::Equal)
+    });
+}
+
+/// 1-based position of the session `h` among the dosing sessions (in start order) of its course.
+fn number_among(dosing_sessions: &[Value], h: &mapping::HeaderOut) -> Option<u32> {
+    let (Some(course), Some(id)) = (&h.course_id, &h.id) else {
+        return None;
+    };
+    dosing_sessions
+        .iter()
+        .filter(|e| mapping::header_of(e).course_id.as_deref() == Some(course.as_str()))
+        .position(|e| e["id"] == id.as_str())
+        .and_then(|i| u32::try_from(i + 1).ok())
 }

@@ -151,6 +151,13 @@ impl std::fmt::Debug for EhrConfig {
     }
 }
 
+/// The configured EHRs as `(name, base URL)`, as the outbox status reads them.
+pub fn names_and_urls(ehrs: &[EhrConfig]) -> Vec<(String, String)> {
+    ehrs.iter()
+        .map(|e| (e.name.clone(), e.base_url.clone()))
+        .collect()
+}
+
 impl EhrConfig {
     /// A connection with defaults, for code and tests that build configurations.
     pub fn new(name: &str, base_url: &str) -> EhrConfig {
