@@ -8,13 +8,9 @@ use kap_gateway::kap::mapping::{self, Ctx, Gathered};
 use kap_gateway::kap::model::*;
 use serde_json::{Value, json};
 
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/fixtures/kap/records/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).expect("fixture JSON")
-}
+#[path = "common/kap_records.rs"]
+mod kap_records;
+use kap_records::{record, without_computed};
 
 const CTX: Ctx<'static> = Ctx {
     record_id: "rec-0001",
@@ -82,34 +78,9 @@ fn gathered(resources: &[Value]) -> Gathered {
     }
 }
 
-/// The record as read back, without the fields the gateway computes.
-fn without_computed(mut v: Value) -> Value {
-    let m = v.as_object_mut().unwrap();
-    for k in [
-        "id",
-        "patient_id",
-        "course_id",
-        "session_number",
-        "treatment_response",
-    ] {
-        m.remove(k);
-    }
-    for key in ["vitals", "pre_dose_vitals"] {
-        if let Some(r) = m.get_mut(key).and_then(Value::as_object_mut) {
-            r.remove("flags");
-        }
-    }
-    if let Some(rs) = m.get_mut("monitoring_vitals").and_then(Value::as_array_mut) {
-        for r in rs {
-            r.as_object_mut().unwrap().remove("flags");
-        }
-    }
-    v
-}
-
 #[test]
 fn evaluation_maps_to_golden_fhir_and_back() {
-    let input = fixture("evaluation");
+    let input = record("evaluation");
     let ev: Evaluation = serde_json::from_value(input.clone()).unwrap();
     let mut resources = mapping::evaluation_to_fhir(&CTX, &ev);
     let plan = mapping::course_plan(&CTX, &ev, &resources, None);
@@ -140,7 +111,7 @@ fn evaluation_maps_to_golden_fhir_and_back() {
 
 #[test]
 fn preparation_maps_to_golden_fhir_and_back() {
-    let input = fixture("preparation");
+    let input = record("preparation");
     let p: Preparation = serde_json::from_value(input.clone()).unwrap();
     let resources = mapping::preparation_to_fhir(&CTX, &p);
     golden("preparation", &resources);
@@ -154,7 +125,7 @@ fn preparation_maps_to_golden_fhir_and_back() {
 
 #[test]
 fn dosing_maps_to_golden_fhir_and_back_with_computed_mg_and_flags() {
-    let input = fixture("dosing");
+    let input = record("dosing");
     let d: Dosing = serde_json::from_value(input.clone()).unwrap();
     let resources = mapping::dosing_to_fhir(&CTX, &d);
     golden("dosing", &resources);
@@ -203,7 +174,7 @@ fn dosing_maps_to_golden_fhir_and_back_with_computed_mg_and_flags() {
 
 #[test]
 fn integration_maps_to_golden_fhir_and_back_with_psychotherapy_labels() {
-    let mut input = fixture("integration");
+    let mut input = record("integration");
     input["related_dosing_sessions"] = json!(["dose-0001"]);
     let s: Integration = serde_json::from_value(input.clone()).unwrap();
     let resources = mapping::integration_to_fhir(&CTX, &s);
@@ -238,7 +209,7 @@ fn integration_maps_to_golden_fhir_and_back_with_psychotherapy_labels() {
 
 #[test]
 fn follow_up_maps_to_golden_fhir_and_back_with_response_and_remission() {
-    let input = fixture("follow-up");
+    let input = record("follow-up");
     let f: FollowUp = serde_json::from_value(input.clone()).unwrap();
     let resources = mapping::follow_up_to_fhir(&CTX, &f, Some((21, "ev-0001-sc0-phq-9")));
     golden("follow-up", &resources);
@@ -264,7 +235,7 @@ fn follow_up_maps_to_golden_fhir_and_back_with_response_and_remission() {
 
 #[test]
 fn patient_maps_to_fhir_and_back() {
-    let input = fixture("patient");
+    let input = record("patient");
     let p: PatientRecord = serde_json::from_value(input.clone()).unwrap();
     let resource = mapping::patient_to_fhir("pat-0001", &p, None);
     golden("patient", std::slice::from_ref(&resource));

@@ -3,12 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/kap_records.rs"]
+mod kap_records;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kap_records::record;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -359,13 +363,6 @@ async fn spans_are_exported_with_their_links_and_carry_no_personal_data() {
     assert_eq!(resp.status(), 200);
 
     // KAP writes full of the same values: an enrolment, an evaluation, a psychotherapy note.
-    let record = |name: &str| -> Value {
-        let path = format!(
-            "{}/tests/fixtures/kap/records/{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
     let kap = format!("{}/kap/v1", gw.address);
     let mut kap_patient = record("patient");
     kap_patient["family_name"] = json!("Zemblanova");

@@ -7,14 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{Resp, TestApp, into_resp, spawn_app};
-
-fn record(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/fixtures/kap/records/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).expect("fixture JSON")
-}
+use crate::kap_records::{record, without_computed};
 
 async fn kap(
     app: &TestApp,
@@ -49,31 +42,6 @@ async fn created(app: &TestApp, path: &str, body: &Value) -> Value {
     let r = kpost(app, path, body).await;
     assert_eq!(r.status, 201, "POST {path}: {}", r.text);
     r.body
-}
-
-/// The record as read back, without the fields the gateway computes.
-fn without_computed(mut v: Value) -> Value {
-    let m = v.as_object_mut().expect("object");
-    for k in [
-        "id",
-        "patient_id",
-        "course_id",
-        "session_number",
-        "treatment_response",
-    ] {
-        m.remove(k);
-    }
-    for key in ["vitals", "pre_dose_vitals"] {
-        if let Some(r) = m.get_mut(key).and_then(Value::as_object_mut) {
-            r.remove("flags");
-        }
-    }
-    if let Some(rs) = m.get_mut("monitoring_vitals").and_then(Value::as_array_mut) {
-        for r in rs {
-            r.as_object_mut().expect("reading").remove("flags");
-        }
-    }
-    v
 }
 
 /// Enrols the fixture patient and records the fixture evaluation: (patient id, course id, evaluation id).

@@ -2,6 +2,8 @@
 //! `KAPGW_TEST_POSTGRES_URL` is set (each test gets its own database).
 
 mod helpers;
+#[path = "../common/kap_records.rs"]
+mod kap_records;
 
 mod audit;
 mod bulk;

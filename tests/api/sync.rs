@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::fake_ehr::{FakeEhr, Fault};
 use crate::helpers::{TestApp, spawn_app_with};
+use crate::kap_records::record;
 
 const MRN: &str = "urn:oid:2.16.840.1.113883.19.5";
 
@@ -1067,13 +1068,6 @@ async fn an_access_token_is_renewed_before_it_expires() {
 #[tokio::test]
 async fn kap_api_records_are_queued_and_delivered_with_their_transaction() {
     let s = setup(|_| {}).await;
-    let record = |name: &str| -> Value {
-        let path = format!(
-            "{}/tests/fixtures/kap/records/{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
     let post = |path: String, body: Value| {
         let app = &s.app;
         async move {
