@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::AppState;
 use super::audit::AuditInfo;
 use super::response::{
-    Return, json_response, negotiate, parse_json, prefer_return, prefer_strict, read_body,
-    resource_response, write_response,
+    Return, json_response, json_text_response, negotiate, parse_json, prefer_return, prefer_strict,
+    read_body, resource_response, write_response,
 };
 use crate::audit::{patients_of, patients_of_text};
 use crate::auth::access::Access;
@@ -286,10 +286,10 @@ async fn run_search(
         .fhir
         .parse_search(res_type, &params, prefer_strict(req))?;
     let page = state.fhir.search(access, &q).await?;
-    let resp = json_response(
+    let resp = json_text_response(
         req,
         StatusCode::OK,
-        &bundle::searchset(&state.base_url, &q, &page),
+        bundle::searchset_text(&state.base_url, &q, &page),
     );
     let touched: Vec<&StoredResource> = page.matches.iter().chain(page.includes.iter()).collect();
     Ok(audited(resp, &touched, None))

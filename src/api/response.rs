@@ -218,6 +218,21 @@ pub fn json_response(req: &HttpRequest, status: StatusCode, body: &Value) -> Htt
         .body(text)
 }
 
+/// A response whose JSON body is already text (pretty-printed when `_pretty=true` asks for it).
+pub fn json_text_response(req: &HttpRequest, status: StatusCode, text: String) -> HttpResponse {
+    let text = if pretty(req) {
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(text)
+    } else {
+        text
+    };
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, FHIR_JSON))
+        .body(text)
+}
+
 /// HTTP-date for Last-Modified.
 pub fn http_date(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)

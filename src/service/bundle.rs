@@ -85,6 +85,79 @@ fn full_url(base: &str, r: &StoredResource) -> String {
     format!("{base}/{}/{}", r.res_type, r.id)
 }
 
+/// True when a search returns its resources exactly as stored (no `_elements` or `_summary` view).
+fn stored_view(q: &SearchQuery) -> bool {
+    q.elements.is_none() && !matches!(q.summary, Summary::Text | Summary::Data)
+}
+
+/// The searchset Bundle of [`searchset`] as JSON text, with each resource's stored text copied in as it is instead of
+/// parsed and written out again (the bulk of a search's cost otherwise). Same members in the same order; falls back
+/// to [`searchset`] when a view (`_elements`, `_summary`) has to change the resources.
+pub fn searchset_text(base: &str, q: &SearchQuery, page: &SearchPage) -> String {
+    if !stored_view(q) || q.summary == Summary::Count {
+        return searchset(base, q, page).to_string();
+    }
+    let mut head = searchset(
+        base,
+        q,
+        &SearchPage {
+            matches: Vec::new(),
+            includes: Vec::new(),
+            total: page.total,
+            next: page.next.clone(),
+            prev: page.prev.clone(),
+        },
+    );
+    // The warnings' OperationOutcome entry is the only entry built as a value.
+    let outcome = head
+        .as_object_mut()
+        .and_then(|b| b.remove("entry"))
+        .and_then(|e| match e {
+            Value::Array(mut list) => list.pop(),
+            _ => None,
+        });
+    let mut out = head.to_string();
+    let stored: Vec<(&StoredResource, &str, &str)> = page
+        .matches
+        .iter()
+        .map(|r| (r, "match"))
+        .chain(page.includes.iter().map(|r| (r, "include")))
+        .filter_map(|(r, mode)| r.content.as_deref().map(|c| (r, c, mode)))
+        .collect();
+    if stored.is_empty() && outcome.is_none() {
+        return out;
+    }
+    // `head` is an object: its closing brace makes way for the entries.
+    out.pop();
+    out.reserve(
+        stored
+            .iter()
+            .map(|(_, c, _)| c.len() + base.len() + 96)
+            .sum(),
+    );
+    out.push_str(",\"entry\":[");
+    for (i, (r, content, mode)) in stored.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"fullUrl\":");
+        out.push_str(&Value::String(full_url(base, r)).to_string());
+        out.push_str(",\"resource\":");
+        out.push_str(content);
+        out.push_str(",\"search\":{\"mode\":\"");
+        out.push_str(mode);
+        out.push_str("\"}}");
+    }
+    if let Some(outcome) = outcome {
+        if !stored.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&outcome.to_string());
+    }
+    out.push_str("]}");
+    out
+}
+
 /// A searchset Bundle for one page (https://hl7.org/fhir/R4/http.html#search).
 pub fn searchset(base: &str, q: &SearchQuery, page: &SearchPage) -> Value {
     let mut links = vec![link(
@@ -245,4 +318,98 @@ pub fn read_response_entry(base: &str, r: &StoredResource) -> Value {
             "lastModified": r.last_modified_instant(),
         }
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fhir::search::{Direction, ParseOptions, parse};
+
+    fn stored(res_type: &str, id: &str, content: Value) -> StoredResource {
+        StoredResource {
+            pk: 1,
+            res_type: res_type.into(),
+            id: id.into(),
+            version: 1,
+            last_updated: 0,
+            deleted: false,
+            content: Some(content.to_string()),
+        }
+    }
+
+    fn query(params: &[(&str, &str)]) -> SearchQuery {
+        let params: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let opts = ParseOptions {
+            strict: false,
+            base_url: "http://h/fhir",
+        };
+        parse("Observation", &params, opts).unwrap()
+    }
+
+    /// The spliced text and the built value agree member for member (the Bundle id and time differ per call).
+    fn same_bundle(q: &SearchQuery, page: &SearchPage) {
+        let mut text: Value =
+            serde_json::from_str(&searchset_text("http://h/fhir", q, page)).unwrap();
+        let mut value = searchset("http://h/fhir", q, page);
+        for b in [&mut text, &mut value] {
+            let obj = b.as_object_mut().unwrap();
+            assert!(obj.remove("id").is_some());
+            assert!(obj.remove("meta").is_some());
+        }
+        assert_eq!(text, value);
+        assert_eq!(text.to_string(), value.to_string(), "member order");
+    }
+
+    #[test]
+    fn a_searchset_spliced_from_stored_text_equals_the_one_built_as_a_value() {
+        // Parsed from text: a decimal literal in `json!` would be an f64 (1.5).
+        let obs = stored(
+            "Observation",
+            "o1",
+            serde_json::from_str(
+                r#"{"resourceType": "Observation", "id": "o1", "status": "final",
+                "valueQuantity": {"value": 1.50, "unit": "mg"},
+                "_status": {"extension": [{"url": "u", "valueString": "é \" \\ x"}]}}"#,
+            )
+            .unwrap(),
+        );
+        let pat = stored(
+            "Patient",
+            "p1",
+            json!({"resourceType": "Patient", "id": "p1"}),
+        );
+        let cursor = Cursor {
+            direction: Direction::Next,
+            keys: Vec::new(),
+            pk: 7,
+        };
+        let full = SearchPage {
+            matches: vec![obs.clone(), obs.clone()],
+            includes: vec![pat],
+            total: Some(3),
+            next: Some(cursor),
+            prev: None,
+        };
+        // Plain, with a warning about an unknown parameter, and with nothing found.
+        same_bundle(&query(&[("_include", "Observation:subject")]), &full);
+        same_bundle(&query(&[("unknown-param", "x")]), &full);
+        same_bundle(&query(&[("unknown-param", "x")]), &SearchPage::default());
+        same_bundle(&query(&[]), &SearchPage::default());
+        // Decimals keep their stored form in the text.
+        let text = searchset_text("http://h/fhir", &query(&[]), &full);
+        assert!(text.contains("\"value\":1.50"));
+        // A view is still applied through the value path.
+        let q = query(&[("_elements", "status")]);
+        let text: Value =
+            serde_json::from_str(&searchset_text("http://h/fhir", &q, &full)).unwrap();
+        assert!(text["entry"][0]["resource"].get("valueQuantity").is_none());
+        let q = query(&[("_summary", "count")]);
+        let text: Value =
+            serde_json::from_str(&searchset_text("http://h/fhir", &q, &full)).unwrap();
+        assert!(text.get("entry").is_none());
+    }
 }

@@ -15,7 +15,7 @@ use crate::fhir::search::{
     TotalMode,
 };
 
-use super::db::{Col, Sql, Tx};
+use super::db::{Backend, Col, Sql, Tx};
 use super::search_sql::{SearchPage, date_condition, escape_like, keyset_condition};
 use super::{Store, StoredResource, stamp};
 
@@ -108,9 +108,6 @@ impl AuditRow {
         })
     }
 }
-
-/// Rows per multi-row INSERT (under both databases' limits on bound parameters).
-const CHUNK: usize = 100;
 
 const EVENT_COLS: &str = "e.pk, e.id, e.recorded, e.content";
 const EVENT_KINDS: &[Col] = &[Col::Int, Col::Text, Col::Int, Col::Text];
@@ -355,73 +352,68 @@ fn where_clause(q: &SearchQuery) -> Result<Sql> {
 }
 
 impl Store {
-    /// Appends events (the audit writer's group commit), in multi-row statements.
+    /// Appends events (the audit writer's group commit): two statements whatever the number of events, each taking
+    /// its rows as one JSON array parameter, so that their text never changes and each database prepares them once
+    /// (multi-row `VALUES` lists differ with every batch size, and preparing them cost more than inserting).
     pub async fn append_audit(&self, tx: &mut Tx, rows: &[AuditRow]) -> Result<()> {
-        for chunk in rows.chunks(CHUNK) {
-            let mut sql = Sql::new(
-                "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, outcome, content) VALUES ",
-            );
-            for (i, r) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.push("(")
-                    .bind(r.id.as_str())
-                    .push(", ")
-                    .bind(r.recorded)
-                    .push(", ")
-                    .bind(r.type_system.clone())
-                    .push(", ")
-                    .bind(r.type_code.clone())
-                    .push(", ")
-                    .bind(r.subtype_system.clone())
-                    .push(", ")
-                    .bind(r.subtype_code.clone())
-                    .push(", ")
-                    .bind(r.action.clone())
-                    .push(", ")
-                    .bind(r.outcome.clone())
-                    .push(", ")
-                    .bind(r.content.as_str())
-                    .push(")");
-            }
-            let has_refs = chunk.iter().any(|r| !r.refs.is_empty());
-            if !has_refs {
-                tx.execute(&sql).await?;
-                continue;
-            }
-            // Keys come back matched by id: neither database promises the order of RETURNING rows.
-            sql.push(" RETURNING pk, id");
-            let keys = tx.fetch(&sql, &[Col::Int, Col::Text]).await?;
-            let pk_of: std::collections::HashMap<String, i64> = keys
-                .into_iter()
-                .map(|row| (row.text(1), row.int(0)))
-                .collect();
-            let mut refs =
-                Sql::new("INSERT INTO audit_event_refs (param, target, event_pk) VALUES ");
-            let mut n = 0;
-            for r in chunk {
-                let Some(pk) = pk_of.get(&r.id) else {
-                    return Err(Error::internal(anyhow::anyhow!(
-                        "audit insert returned no key"
-                    )));
-                };
-                for (param, target) in &r.refs {
-                    if n > 0 {
-                        refs.push(", ");
-                    }
-                    refs.push("(")
-                        .bind(*param)
-                        .push(", ")
-                        .bind(target.as_str())
-                        .push(", ")
-                        .bind(*pk)
-                        .push(")");
-                    n += 1;
-                }
-            }
-            tx.execute(&refs).await?;
+        if rows.is_empty() {
+            return Ok(());
         }
+        let events = serde_json::to_string(
+            &rows
+                .iter()
+                .map(|r| {
+                    (
+                        &r.id,
+                        r.recorded,
+                        &r.type_system,
+                        &r.type_code,
+                        &r.subtype_system,
+                        &r.subtype_code,
+                        &r.action,
+                        &r.outcome,
+                        &r.content,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let refs = serde_json::to_string(
+            &rows
+                .iter()
+                .flat_map(|r| {
+                    r.refs
+                        .iter()
+                        .map(move |(param, target)| (param, target, &r.id))
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let postgres = tx.backend() == Backend::Postgres;
+        // Element `n` of the JSON array row `v`, as text (or bigint for `recorded`).
+        let (array, el, recorded) = if postgres {
+            (
+                "jsonb_array_elements(",
+                "v.value ->> ",
+                "(v.value ->> 1)::bigint",
+            )
+        } else {
+            ("json_each(", "v.value ->> ", "v.value ->> 1")
+        };
+        let cast = if postgres { "::jsonb" } else { "" };
+        let mut insert = Sql::new(&format!(
+            "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
+             outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
+        ));
+        insert.bind(events).push(&format!("{cast}) v"));
+        tx.execute(&insert).await?;
+        if rows.iter().all(|r| r.refs.is_empty()) {
+            return Ok(());
+        }
+        let mut link = Sql::new(&format!(
+            "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk FROM {array}"
+        ));
+        link.bind(refs)
+            .push(&format!("{cast}) v JOIN audit_events e ON e.id = {el}2"));
+        tx.execute(&link).await?;
         Ok(())
     }
 
@@ -479,7 +471,7 @@ impl Store {
             });
         }
         sql.push(if backwards { "s.pk DESC" } else { "s.pk ASC" });
-        sql.push(" LIMIT ").bind((q.count + 1) as i64);
+        sql.push(&format!(" LIMIT {}", q.count + 1));
         let mut cols = EVENT_KINDS.to_vec();
         if sort_desc.is_some() {
             cols.push(Col::Int);

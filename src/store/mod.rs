@@ -642,7 +642,7 @@ impl Store {
         if let Some(b) = before_hpk {
             sql.push(" AND hpk < ").bind(b);
         }
-        sql.push(" ORDER BY hpk DESC LIMIT ").bind(limit as i64);
+        sql.push(&format!(" ORDER BY hpk DESC LIMIT {limit}"));
         Ok(tx
             .fetch(&sql, HISTORY_KINDS)
             .await?

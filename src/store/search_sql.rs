@@ -111,82 +111,87 @@ pub(crate) fn date_condition(
     }
 }
 
-fn number_condition(sql: &mut Sql, prefix: Prefix, value: f64, lo: f64, hi: f64) {
+fn number_condition(sql: &mut Sql, tab: &str, prefix: Prefix, value: f64, lo: f64, hi: f64) {
     match prefix {
         Prefix::Eq => {
-            sql.push("(x.value >= ")
+            sql.push(&format!("({tab}.value >= "))
                 .bind(lo)
-                .push(" AND x.value < ")
+                .push(&format!(" AND {tab}.value < "))
                 .bind(hi)
                 .push(")");
         }
         Prefix::Ne => {
-            sql.push("(x.value < ")
+            sql.push(&format!("({tab}.value < "))
                 .bind(lo)
-                .push(" OR x.value >= ")
+                .push(&format!(" OR {tab}.value >= "))
                 .bind(hi)
                 .push(")");
         }
         Prefix::Gt | Prefix::Sa => {
-            sql.push("x.value > ").bind(value);
+            sql.push(&format!("{tab}.value > ")).bind(value);
         }
         Prefix::Lt | Prefix::Eb => {
-            sql.push("x.value < ").bind(value);
+            sql.push(&format!("{tab}.value < ")).bind(value);
         }
         Prefix::Ge => {
-            sql.push("x.value >= ").bind(value);
+            sql.push(&format!("{tab}.value >= ")).bind(value);
         }
         Prefix::Le => {
-            sql.push("x.value <= ").bind(value);
+            sql.push(&format!("{tab}.value <= ")).bind(value);
         }
         Prefix::Ap => {
             let slack = (value * 0.1).abs();
-            sql.push("(x.value >= ")
+            sql.push(&format!("({tab}.value >= "))
                 .bind(value - slack)
-                .push(" AND x.value <= ")
+                .push(&format!(" AND {tab}.value <= "))
                 .bind(value + slack)
                 .push(")");
         }
     }
 }
 
-/// The condition on one index row `x` for one value.
-fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
+/// The condition on one index row (aliased `tab`) for one value.
+fn value_condition(sql: &mut Sql, tab: &str, criterion: &Criterion, value: &SearchValue) {
     match value {
         SearchValue::Token { system, code } => {
             sql.push("(1 = 1");
             match system {
                 TokenSystem::Any => {}
                 TokenSystem::None => {
-                    sql.push(" AND x.system IS NULL");
+                    sql.push(&format!(" AND {tab}.system IS NULL"));
                 }
                 TokenSystem::Is(s) => {
-                    sql.push(" AND x.system = ").bind(s.as_str());
+                    sql.push(&format!(" AND {tab}.system = ")).bind(s.as_str());
                 }
             }
             if let Some(c) = code {
-                sql.push(" AND x.code = ").bind(c.as_str());
+                sql.push(&format!(" AND {tab}.code = ")).bind(c.as_str());
             }
             sql.push(")");
         }
         SearchValue::String(s) => match criterion.modifier {
             Modifier::Exact => {
-                sql.push("x.exact = ").bind(s.as_str());
+                sql.push(&format!("{tab}.exact = ")).bind(s.as_str());
             }
             Modifier::Contains => {
-                sql.push("x.norm LIKE ")
+                sql.push(&format!("{tab}.norm LIKE "))
                     .bind(format!("%{}%", escape_like(s)))
                     .push(" ESCAPE '\\'");
             }
             _ => {
-                sql.push("x.norm LIKE ")
+                sql.push(&format!("{tab}.norm LIKE "))
                     .bind(format!("{}%", escape_like(s)))
                     .push(" ESCAPE '\\'");
             }
         },
-        SearchValue::Date { prefix, range } => {
-            date_condition(sql, "x.lo", "x.hi", *prefix, range.lo, range.hi)
-        }
+        SearchValue::Date { prefix, range } => date_condition(
+            sql,
+            &format!("{tab}.lo"),
+            &format!("{tab}.hi"),
+            *prefix,
+            range.lo,
+            range.hi,
+        ),
         SearchValue::Number {
             prefix,
             value,
@@ -196,17 +201,17 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
             code,
         } => {
             sql.push("(");
-            number_condition(sql, *prefix, *value, *lo, *hi);
+            number_condition(sql, tab, *prefix, *value, *lo, *hi);
             if let Some(s) = system {
-                sql.push(" AND x.system = ").bind(s.as_str());
+                sql.push(&format!(" AND {tab}.system = ")).bind(s.as_str());
             }
             if let Some(c) = code {
                 if system.is_some() {
-                    sql.push(" AND x.code = ").bind(c.as_str());
+                    sql.push(&format!(" AND {tab}.code = ")).bind(c.as_str());
                 } else {
-                    sql.push(" AND (x.code = ")
+                    sql.push(&format!(" AND ({tab}.code = "))
                         .bind(c.as_str())
-                        .push(" OR x.unit = ")
+                        .push(&format!(" OR {tab}.unit = "))
                         .bind(c.as_str())
                         .push(")");
                 }
@@ -220,27 +225,31 @@ fn value_condition(sql: &mut Sql, criterion: &Criterion, value: &SearchValue) {
         } => {
             sql.push("(1 = 1");
             if let Some(t) = target_type {
-                sql.push(" AND x.target_type = ").bind(t.as_str());
+                sql.push(&format!(" AND {tab}.target_type = "))
+                    .bind(t.as_str());
             }
             if let Some(i) = id {
-                sql.push(" AND x.target_id = ").bind(i.as_str());
+                sql.push(&format!(" AND {tab}.target_id = "))
+                    .bind(i.as_str());
             }
             if let Some(u) = url {
-                sql.push(" AND x.url = ").bind(u.as_str());
+                sql.push(&format!(" AND {tab}.url = ")).bind(u.as_str());
             }
             sql.push(")");
         }
         SearchValue::Uri(u) => match criterion.modifier {
             Modifier::Below => {
-                sql.push("x.uri LIKE ")
+                sql.push(&format!("{tab}.uri LIKE "))
                     .bind(format!("{}%", escape_like(u)))
                     .push(" ESCAPE '\\'");
             }
             Modifier::Above => {
-                sql.push(" ").bind(u.as_str()).push(" LIKE (x.uri || '%')");
+                sql.push(" ")
+                    .bind(u.as_str())
+                    .push(&format!(" LIKE ({tab}.uri || '%')"));
             }
             _ => {
-                sql.push("x.uri = ").bind(u.as_str());
+                sql.push(&format!("{tab}.uri = ")).bind(u.as_str());
             }
         },
     }
@@ -326,54 +335,81 @@ fn criterion_condition(
             sql.push(")");
         }
         Target::Param(def) => {
-            let table = index_table(def.kind);
-            let subquery = |sql: &mut Sql, negate: bool| {
-                if drive {
-                    let op = if negate { "NOT IN" } else { "IN" };
-                    sql.push(&format!(
-                        "{alias}.pk {op} (SELECT x.res_pk FROM {table} x WHERE x.param = "
-                    ));
-                } else {
-                    let op = if negate { "NOT EXISTS" } else { "EXISTS" };
-                    sql.push(&format!(
-                        "{op} (SELECT 1 FROM {table} x WHERE x.res_pk = {alias}.pk AND x.param = "
-                    ));
-                }
-                sql.bind(def.name);
-                // A correlated check must look rows up by res_pk; with the type constrained too, SQLite's planner
-                // prefers the (res_type, param, value) index and re-reads every matching row for each resource.
-                if drive {
-                    type_filter(sql, "x.res_type");
-                }
-            };
-            match criterion.modifier {
-                Modifier::Missing(missing) => {
-                    subquery(sql, missing);
-                    sql.push(")");
-                }
-                Modifier::Not => {
-                    subquery(sql, true);
-                    sql.push(" AND (");
-                    or_values(sql, criterion);
-                    sql.push("))");
-                }
-                _ => {
-                    subquery(sql, false);
-                    sql.push(" AND (");
-                    or_values(sql, criterion);
-                    sql.push("))");
-                }
+            if drive {
+                driver_condition(sql, resource_type, criterion, def, alias, &[]);
+            } else {
+                param_probe(sql, criterion, def, &format!("{alias}.pk"));
             }
         }
     }
 }
 
-fn or_values(sql: &mut Sql, criterion: &Criterion) {
+/// A criterion on an index table as the search's driver: `pk IN (SELECT d.res_pk …)`, the planner starting from its
+/// index rows. The `folded` criteria (plain parameters too) are checked inside, on the driver's index rows, so that
+/// only resources matching them all are read: a patient's hundred Observations are narrowed to the few with the
+/// code asked for before any resource row is touched.
+fn driver_condition(
+    sql: &mut Sql,
+    resource_type: Option<&str>,
+    criterion: &Criterion,
+    def: &registry::SearchParamDef,
+    alias: &str,
+    folded: &[&Criterion],
+) {
+    let table = index_table(def.kind);
+    sql.push(&format!(
+        "{alias}.pk IN (SELECT d.res_pk FROM {table} d WHERE d.param = "
+    ))
+    .bind(def.name);
+    if let Some(t) = resource_type {
+        sql.push(" AND d.res_type = ").bind(t);
+    }
+    sql.push(" AND (");
+    or_values(sql, "d", criterion);
+    sql.push(")");
+    for other in folded {
+        if let Target::Param(other_def) = other.target {
+            sql.push(" AND ");
+            param_probe(sql, other, other_def, "d.res_pk");
+        }
+    }
+    sql.push(")");
+}
+
+/// A correlated check of a criterion on an index table for the resource whose key is `key`. A correlated check must
+/// look rows up by res_pk; with the type constrained too, SQLite's planner prefers the (res_type, param, value) index
+/// and re-reads every matching row for each resource.
+fn param_probe(sql: &mut Sql, criterion: &Criterion, def: &registry::SearchParamDef, key: &str) {
+    let table = index_table(def.kind);
+    let (negate, with_values) = match criterion.modifier {
+        Modifier::Missing(missing) => (missing, false),
+        Modifier::Not => (true, true),
+        _ => (false, true),
+    };
+    let op = if negate { "NOT EXISTS" } else { "EXISTS" };
+    sql.push(&format!(
+        "{op} (SELECT 1 FROM {table} x WHERE x.res_pk = {key} AND x.param = "
+    ))
+    .bind(def.name);
+    if with_values {
+        sql.push(" AND (");
+        or_values(sql, "x", criterion);
+        sql.push(")");
+    }
+    sql.push(")");
+}
+
+/// A criterion on an index table without a chain: it can be checked on index rows alone.
+fn plain_param(c: &Criterion) -> bool {
+    c.chain.is_none() && matches!(c.target, Target::Param(_))
+}
+
+fn or_values(sql: &mut Sql, tab: &str, criterion: &Criterion) {
     for (i, v) in criterion.values.iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
         }
-        value_condition(sql, criterion, v);
+        value_condition(sql, tab, criterion, v);
     }
 }
 
@@ -405,9 +441,25 @@ fn where_clause(q: &SearchQuery, backend: Backend) -> Sql {
     });
     sql.bind(q.resource_type.as_str())
         .push(" AND r.deleted = 0");
+    // A plain driver takes the other plain criteria inside it (see `driver_condition`).
+    let folded: Vec<usize> = match driver {
+        Some(d) if plain_param(&q.criteria[d]) => (0..q.criteria.len())
+            .filter(|&i| i != d && plain_param(&q.criteria[i]))
+            .collect(),
+        _ => Vec::new(),
+    };
     for (i, c) in q.criteria.iter().enumerate() {
+        if folded.contains(&i) {
+            continue;
+        }
         sql.push(" AND ");
-        criterion_condition(&mut sql, Some(&q.resource_type), c, "r", Some(i) == driver);
+        match (Some(i) == driver, c.target) {
+            (true, Target::Param(def)) if c.chain.is_none() => {
+                let others: Vec<&Criterion> = folded.iter().map(|&j| &q.criteria[j]).collect();
+                driver_condition(&mut sql, Some(&q.resource_type), c, def, "r", &others);
+            }
+            (drive, _) => criterion_condition(&mut sql, Some(&q.resource_type), c, "r", drive),
+        }
     }
     if !q.any_of.is_empty() {
         sql.push(" AND (");
@@ -563,7 +615,8 @@ impl Store {
             sql.push(&format!("s.k{i} {}, ", if desc { "DESC" } else { "ASC" }));
         }
         sql.push(if backwards { "s.pk DESC" } else { "s.pk ASC" });
-        sql.push(" LIMIT ").bind((q.count + 1) as i64);
+        // A literal: SQLite re-prepares a statement whose LIMIT is a bound parameter each time it is bound.
+        sql.push(&format!(" LIMIT {}", q.count + 1));
 
         let mut cols: Vec<Col> = RESOURCE_KINDS.to_vec();
         cols.extend(sort_exprs.iter().map(|(_, c, _)| *c));

@@ -129,8 +129,7 @@ pub async fn claim(
         .bind(now)
         .push(" AND (o.lease_until IS NULL OR o.lease_until < ")
         .bind(now)
-        .push(") ORDER BY o.seq LIMIT ")
-        .bind(i64::from(limit.max(1)));
+        .push(&format!(") ORDER BY o.seq LIMIT {}", limit.max(1)));
     if tx.backend() == Backend::Postgres {
         sql.push(" FOR UPDATE SKIP LOCKED");
     }
