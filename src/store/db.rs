@@ -80,6 +80,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ehr sync",
         include_str!("../../migrations/sqlite/0005_sync.sql"),
     ),
+    (
+        6,
+        "patient-keyed token index",
+        include_str!("../../migrations/sqlite/0006_patient_token_index.sql"),
+    ),
 ];
 pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -106,6 +111,11 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "ehr sync",
         include_str!("../../migrations/postgres/0005_sync.sql"),
+    ),
+    (
+        6,
+        "patient-keyed token index",
+        include_str!("../../migrations/postgres/0006_patient_token_index.sql"),
     ),
 ];
 

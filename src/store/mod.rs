@@ -525,10 +525,13 @@ impl Store {
                 by_table(|v| matches!(v, IndexValue::Uri { .. })),
             ),
         ];
+        let patients = patient_keys(rows);
         for (table, cols, group) in groups {
+            let token = table == "idx_token";
             for chunk in group.chunks(INSERT_CHUNK) {
                 let mut sql = Sql::new(&format!(
-                    "INSERT INTO {table} (res_pk, res_type, param, {cols}) VALUES "
+                    "INSERT INTO {table} (res_pk, res_type, param, {cols}{}) VALUES ",
+                    if token { ", patient_id" } else { "" }
                 ));
                 for (i, (pk, res_type, e)) in chunk.iter().enumerate() {
                     if i > 0 {
@@ -542,6 +545,12 @@ impl Store {
                         .bind(e.param);
                     for v in index_values(&e.value) {
                         sql.push(", ").bind(v);
+                    }
+                    if token {
+                        match patients.get(pk) {
+                            Some(Some(patient)) => sql.push(", ").bind(*patient),
+                            _ => sql.push(", NULL"),
+                        };
                     }
                     sql.push(")");
                 }
@@ -690,6 +699,47 @@ impl HistoryScope<'_> {
         }
         sql
     }
+}
+
+/// Types whose `patient` search parameter holds at most one Patient (its element is 0..1 or 1..1): their token index
+/// rows carry that patient's id (`idx_token.patient_id`, migration 6), so a search for one patient's resources with
+/// a code reads one range of one index. Kept in step with the migration's list.
+pub const PATIENT_KEYED_TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "CarePlan",
+    "Condition",
+    "Encounter",
+    "Goal",
+    "MedicationAdministration",
+    "MedicationStatement",
+    "Observation",
+];
+
+/// The patient each resource of `rows` belongs to, for the types of [`PATIENT_KEYED_TYPES`]: `None` when it names
+/// no Patient through `patient`, or (not valid for these types) more than one.
+fn patient_keys<'a>(rows: &[IndexRow<'a>]) -> std::collections::HashMap<i64, Option<&'a str>> {
+    let mut out: std::collections::HashMap<i64, Option<&'a str>> = std::collections::HashMap::new();
+    for (pk, res_type, e) in rows {
+        if e.param != "patient" || !PATIENT_KEYED_TYPES.contains(res_type) {
+            continue;
+        }
+        if let IndexValue::Reference {
+            target_type: Some(t),
+            target_id: Some(id),
+            ..
+        } = &e.value
+            && t == "Patient"
+        {
+            out.entry(*pk)
+                .and_modify(|seen| {
+                    if *seen != Some(id.as_str()) {
+                        *seen = None;
+                    }
+                })
+                .or_insert(Some(id.as_str()));
+        }
+    }
+    out
 }
 
 /// One index row to write: the resource's key and type, and the entry.

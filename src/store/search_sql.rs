@@ -376,6 +376,69 @@ fn driver_condition(
     sql.push(")");
 }
 
+/// `(patient criterion, token criterion, patient id)` of a search on a [`PATIENT_KEYED_TYPES`] type for one patient
+/// (`patient=X` or `patient=Patient/X`, no modifier) and a token parameter without modifier.
+fn patient_keyed(q: &SearchQuery) -> Option<(usize, usize, &str)> {
+    if !super::PATIENT_KEYED_TYPES.contains(&q.resource_type.as_str()) {
+        return None;
+    }
+    let (p, patient) = q.criteria.iter().enumerate().find_map(|(i, c)| {
+        let Target::Param(def) = c.target else {
+            return None;
+        };
+        if def.name != "patient" || c.chain.is_some() || c.modifier != Modifier::None {
+            return None;
+        }
+        match c.values.as_slice() {
+            [
+                SearchValue::Reference {
+                    target_type,
+                    id: Some(id),
+                    url: None,
+                },
+            ] if target_type.as_deref().is_none_or(|t| t == "Patient") => Some((i, id.as_str())),
+            _ => None,
+        }
+    })?;
+    let t = q.criteria.iter().position(|c| {
+        plain_param(c)
+            && c.modifier == Modifier::None
+            && c.target.kind() == ParamKind::Token
+            && !c.values.is_empty()
+    })?;
+    Some((p, t, patient))
+}
+
+/// The driver of a [`patient_keyed`] search: the token criterion's rows of that patient in `idx_token_patient`,
+/// with the other plain criteria checked on them as in [`driver_condition`].
+fn patient_token_driver(
+    sql: &mut Sql,
+    resource_type: &str,
+    token: &Criterion,
+    patient: &str,
+    folded: &[&Criterion],
+) {
+    let Target::Param(def) = token.target else {
+        return;
+    };
+    sql.push("r.pk IN (SELECT d.res_pk FROM idx_token d WHERE d.res_type = ")
+        .bind(resource_type)
+        .push(" AND d.param = ")
+        .bind(def.name)
+        .push(" AND d.patient_id = ")
+        .bind(patient)
+        .push(" AND (");
+    or_values(sql, "d", token);
+    sql.push(")");
+    for other in folded {
+        if let Target::Param(other_def) = other.target {
+            sql.push(" AND ");
+            param_probe(sql, other, other_def, "d.res_pk");
+        }
+    }
+    sql.push(")");
+}
+
 /// A correlated check of a criterion on an index table for the resource whose key is `key`. A correlated check must
 /// look rows up by res_pk; with the type constrained too, SQLite's planner prefers the (res_type, param, value) index
 /// and re-reads every matching row for each resource.
@@ -441,15 +504,31 @@ fn where_clause(q: &SearchQuery, backend: Backend) -> Sql {
     });
     sql.bind(q.resource_type.as_str())
         .push(" AND r.deleted = 0");
+    // One patient's resources with a token (`patient=X&code=Y`) drive from the patient-keyed token index.
+    let keyed = patient_keyed(q);
+    let driver = match keyed {
+        Some((p, _, _)) => Some(p),
+        None => driver,
+    };
     // A plain driver takes the other plain criteria inside it (see `driver_condition`).
     let folded: Vec<usize> = match driver {
         Some(d) if plain_param(&q.criteria[d]) => (0..q.criteria.len())
-            .filter(|&i| i != d && plain_param(&q.criteria[i]))
+            .filter(|&i| {
+                i != d && plain_param(&q.criteria[i]) && keyed.is_none_or(|(_, t, _)| t != i)
+            })
             .collect(),
         _ => Vec::new(),
     };
     for (i, c) in q.criteria.iter().enumerate() {
-        if folded.contains(&i) {
+        if folded.contains(&i) || keyed.is_some_and(|(_, t, _)| t == i) {
+            continue;
+        }
+        if let Some((p, t, patient)) = keyed
+            && p == i
+        {
+            let others: Vec<&Criterion> = folded.iter().map(|&j| &q.criteria[j]).collect();
+            sql.push(" AND ");
+            patient_token_driver(&mut sql, &q.resource_type, &q.criteria[t], patient, &others);
             continue;
         }
         sql.push(" AND ");
@@ -855,4 +934,58 @@ pub(crate) fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor)
         sql.push(")");
     }
     sql.push(")");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fhir::search::{ParseOptions, parse};
+
+    fn where_sql(resource_type: &str, query: &str) -> String {
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let opts = ParseOptions {
+            strict: true,
+            base_url: "http://h/fhir",
+        };
+        let q = parse(resource_type, &params, opts).unwrap();
+        where_clause(&q, Backend::Sqlite).render(Backend::Sqlite)
+    }
+
+    #[test]
+    fn plans_start_from_the_most_selective_index_rows() {
+        // One patient and a code: the patient-keyed token rows, the status checked on them.
+        let sql = where_sql(
+            "Observation",
+            "patient=p1&code=http://loinc.org|44261-6&status=final",
+        );
+        assert!(
+            sql.contains(
+                "FROM idx_token d WHERE d.res_type = ? AND d.param = ? AND d.patient_id = ?"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("EXISTS (SELECT 1 FROM idx_token x WHERE x.res_pk = d.res_pk"),
+            "{sql}"
+        );
+        assert!(!sql.contains("idx_reference"), "{sql}");
+        // A type whose `patient` may name several Patients, a modifier or another target: the general plan, with the
+        // other criteria checked on the driver's rows.
+        for (t, q) in [
+            ("Provenance", "patient=p1&_security=x|y"),
+            ("Observation", "patient=p1&code:not=44261-6"),
+            ("Observation", "subject=Group/g1&code=44261-6"),
+        ] {
+            let sql = where_sql(t, q);
+            assert!(!sql.contains("patient_id"), "{q}: {sql}");
+            assert!(
+                sql.contains("r.pk IN (SELECT d.res_pk FROM idx_reference d"),
+                "{q}: {sql}"
+            );
+            assert!(sql.contains("x.res_pk = d.res_pk"), "{q}: {sql}");
+        }
+    }
 }

@@ -1399,3 +1399,78 @@ async fn a_reference_to_another_server_never_matches_a_local_resource_of_the_sam
         with_include.text
     );
 }
+
+/// `patient=X&code=Y` is answered from the token rows keyed by patient (migration 6): the results must be exactly
+/// those of the general plan, whatever the patient's form, the code's form, extra criteria, updates that move a
+/// resource to another patient or code, a Group subject and a deletion.
+#[tokio::test]
+async fn one_patients_resources_with_a_code_come_from_the_patient_keyed_index_with_the_same_results()
+ {
+    let app = spawn_app().await;
+    for p in ["pa", "pb"] {
+        put(&app, patient(p, json!({}))).await;
+    }
+    put(
+        &app,
+        json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true}),
+    )
+    .await;
+    let obs = |id: &str, subj: &str, code: &str, status: &str| {
+        with(
+            observation(id, subject(subj)),
+            json!({"status": status, "code": {"coding": [{"system": LOINC, "code": code}]}}),
+        )
+    };
+    put(&app, obs("k1", "Patient/pa", "44261-6", "final")).await;
+    put(&app, obs("k2", "Patient/pa", "44261-6", "preliminary")).await;
+    put(&app, obs("k3", "Patient/pa", "70274-6", "final")).await;
+    put(&app, obs("k4", "Patient/pb", "44261-6", "final")).await;
+    put(&app, obs("k5", "Group/g1", "44261-6", "final")).await;
+    put(&app, obs("k6", "Patient/pa", "44261-6", "final")).await;
+    // k6 moves to the other patient, k2 to another code; k1's twin k7 is deleted.
+    for changed in [
+        obs("k6", "Patient/pb", "44261-6", "final"),
+        obs("k2", "Patient/pa", "70274-6", "preliminary"),
+    ] {
+        let id = changed["id"].as_str().unwrap().to_owned();
+        let r = app.put(&format!("/fhir/Observation/{id}"), &changed).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    put(&app, obs("k7", "Patient/pa", "44261-6", "final")).await;
+    let r = app.delete("/fhir/Observation/k7").await;
+    assert!(r.status == 200 || r.status == 204, "{}", r.text);
+
+    assert_found(&app, "Observation?patient=pa&code=44261-6", &["k1"]).await;
+    assert_found(
+        &app,
+        "Observation?patient=Patient/pa&code=http://loinc.org|44261-6",
+        &["k1"],
+    )
+    .await;
+    assert_found(
+        &app,
+        "Observation?patient=pa&code=44261-6,70274-6",
+        &["k1", "k2", "k3"],
+    )
+    .await;
+    assert_found(&app, "Observation?patient=pb&code=44261-6", &["k4", "k6"]).await;
+    assert_found(
+        &app,
+        "Observation?patient=pa&code=70274-6&status=final",
+        &["k3"],
+    )
+    .await;
+    assert_found(&app, "Observation?patient=pa&code=|44261-6", &[]).await;
+    assert_found(
+        &app,
+        "Observation?patient=pa&code:not=44261-6",
+        &["k2", "k3"],
+    )
+    .await;
+    assert_found(&app, "Observation?subject=Group/g1&code=44261-6", &["k5"]).await;
+    assert_found(&app, "Observation?code=44261-6", &["k1", "k4", "k5", "k6"]).await;
+    // Other compartment types use it too.
+    put(&app, encounter("e1", "pa")).await;
+    put(&app, encounter("e2", "pb")).await;
+    assert_found(&app, "Encounter?patient=pa&status=finished", &["e1"]).await;
+}
