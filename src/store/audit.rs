@@ -387,32 +387,46 @@ impl Store {
                 })
                 .collect::<Vec<_>>(),
         )?;
-        let postgres = tx.backend() == Backend::Postgres;
-        // Element `n` of the JSON array row `v`, as text (or bigint for `recorded`).
-        let (array, el, recorded) = if postgres {
-            (
-                "jsonb_array_elements(",
-                "v.value ->> ",
-                "(v.value ->> 1)::bigint",
-            )
-        } else {
-            ("json_each(", "v.value ->> ", "v.value ->> 1")
-        };
-        let cast = if postgres { "::jsonb" } else { "" };
+        let has_refs = rows.iter().any(|r| !r.refs.is_empty());
+        if tx.backend() == Backend::Postgres {
+            // One statement: the references join the keys the insert returns, never the whole table (whose
+            // statistics lag behind while it grows fast).
+            let el = "v.value ->> ";
+            let mut sql = Sql::new(&format!(
+                "WITH e AS (INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, \
+                 subtype_code, action, outcome, content) SELECT {el}0, ({el}1)::bigint, {el}2, {el}3, {el}4, {el}5, \
+                 {el}6, {el}7, {el}8 FROM jsonb_array_elements("
+            ));
+            sql.bind(events).push("::jsonb) v RETURNING pk, id) ");
+            if has_refs {
+                sql.push(&format!(
+                    "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk \
+                     FROM jsonb_array_elements("
+                ))
+                .bind(refs)
+                .push(&format!("::jsonb) v JOIN e ON e.id = {el}2"));
+            } else {
+                sql.push("SELECT COUNT(*) FROM e");
+            }
+            tx.execute(&sql).await?;
+            return Ok(());
+        }
+        // SQLite: the references look each event's key up by its id (unique index).
+        let el = "v.value ->> ";
         let mut insert = Sql::new(&format!(
             "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
-             outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
+             outcome, content) SELECT {el}0, {el}1, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM json_each("
         ));
-        insert.bind(events).push(&format!("{cast}) v"));
+        insert.bind(events).push(") v");
         tx.execute(&insert).await?;
-        if rows.iter().all(|r| r.refs.is_empty()) {
+        if !has_refs {
             return Ok(());
         }
         let mut link = Sql::new(&format!(
-            "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk FROM {array}"
+            "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk FROM json_each("
         ));
         link.bind(refs)
-            .push(&format!("{cast}) v JOIN audit_events e ON e.id = {el}2"));
+            .push(&format!(") v JOIN audit_events e ON e.id = {el}2"));
         tx.execute(&link).await?;
         Ok(())
     }

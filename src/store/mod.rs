@@ -548,7 +548,9 @@ impl Store {
                     }
                     if token {
                         match patients.get(pk) {
-                            Some(Some(patient)) => sql.push(", ").bind(*patient),
+                            Some(Some(patient)) if e.param == PATIENT_KEYED_PARAM => {
+                                sql.push(", ").bind(*patient)
+                            }
                             _ => sql.push(", NULL"),
                         };
                     }
@@ -701,9 +703,9 @@ impl HistoryScope<'_> {
     }
 }
 
-/// Types whose `patient` search parameter holds at most one Patient (its element is 0..1 or 1..1): their token index
-/// rows carry that patient's id (`idx_token.patient_id`, migration 6), so a search for one patient's resources with
-/// a code reads one range of one index. Kept in step with the migration's list.
+/// Types whose `patient` search parameter holds at most one Patient (its element is 0..1 or 1..1): their
+/// [`PATIENT_KEYED_PARAM`] token index rows carry that patient's id (`idx_token.patient_id`, migration 6), so a
+/// search for one patient's resources with a code reads one range of one index. Kept in step with the migration.
 pub const PATIENT_KEYED_TYPES: &[&str] = &[
     "AllergyIntolerance",
     "CarePlan",
@@ -714,6 +716,9 @@ pub const PATIENT_KEYED_TYPES: &[&str] = &[
     "MedicationStatement",
     "Observation",
 ];
+
+/// The token parameter whose index rows are keyed by patient.
+pub const PATIENT_KEYED_PARAM: &str = "code";
 
 /// The patient each resource of `rows` belongs to, for the types of [`PATIENT_KEYED_TYPES`]: `None` when it names
 /// no Patient through `patient`, or (not valid for these types) more than one.

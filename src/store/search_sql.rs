@@ -377,7 +377,7 @@ fn driver_condition(
 }
 
 /// `(patient criterion, token criterion, patient id)` of a search on a [`PATIENT_KEYED_TYPES`] type for one patient
-/// (`patient=X` or `patient=Patient/X`, no modifier) and a token parameter without modifier.
+/// (`patient=X` or `patient=Patient/X`, no modifier) and its [`PATIENT_KEYED_PARAM`] token without modifier.
 fn patient_keyed(q: &SearchQuery) -> Option<(usize, usize, &str)> {
     if !super::PATIENT_KEYED_TYPES.contains(&q.resource_type.as_str()) {
         return None;
@@ -403,7 +403,7 @@ fn patient_keyed(q: &SearchQuery) -> Option<(usize, usize, &str)> {
     let t = q.criteria.iter().position(|c| {
         plain_param(c)
             && c.modifier == Modifier::None
-            && c.target.kind() == ParamKind::Token
+            && matches!(c.target, Target::Param(d) if d.name == super::PATIENT_KEYED_PARAM && d.kind == ParamKind::Token)
             && !c.values.is_empty()
     })?;
     Some((p, t, patient))
@@ -978,6 +978,7 @@ mod tests {
             ("Provenance", "patient=p1&_security=x|y"),
             ("Observation", "patient=p1&code:not=44261-6"),
             ("Observation", "subject=Group/g1&code=44261-6"),
+            ("Observation", "patient=p1&category=survey"),
         ] {
             let sql = where_sql(t, q);
             assert!(!sql.contains("patient_id"), "{q}: {sql}");

@@ -1469,7 +1469,7 @@ async fn one_patients_resources_with_a_code_come_from_the_patient_keyed_index_wi
     .await;
     assert_found(&app, "Observation?subject=Group/g1&code=44261-6", &["k5"]).await;
     assert_found(&app, "Observation?code=44261-6", &["k1", "k4", "k5", "k6"]).await;
-    // Other compartment types use it too.
+    // A search by patient and another token takes the general plan.
     put(&app, encounter("e1", "pa")).await;
     put(&app, encounter("e2", "pb")).await;
     assert_found(&app, "Encounter?patient=pa&status=finished", &["e1"]).await;
