@@ -213,21 +213,21 @@ pub fn json_response(req: &HttpRequest, status: StatusCode, body: &Value) -> Htt
     } else {
         body.to_string()
     };
-    HttpResponse::build(status)
-        .insert_header((header::CONTENT_TYPE, FHIR_JSON))
-        .body(text)
+    fhir_json(status, text)
 }
 
 /// A response whose JSON body is already text (pretty-printed when `_pretty=true` asks for it).
 pub fn json_text_response(req: &HttpRequest, status: StatusCode, text: String) -> HttpResponse {
-    let text = if pretty(req) {
-        serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| serde_json::to_string_pretty(&v).ok())
-            .unwrap_or(text)
-    } else {
-        text
-    };
+    if !pretty(req) {
+        return fhir_json(status, text);
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => json_response(req, status, &v),
+        Err(_) => fhir_json(status, text),
+    }
+}
+
+fn fhir_json(status: StatusCode, text: String) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CONTENT_TYPE, FHIR_JSON))
         .body(text)

@@ -16,7 +16,7 @@ use crate::fhir::search::{
 };
 
 use super::db::{Backend, Col, Sql, Tx};
-use super::search_sql::{SearchPage, date_condition, escape_like, keyset_condition};
+use super::search_sql::{SearchPage, date_condition, escape_like, keyset_condition, page_cursors};
 use super::{Store, StoredResource, stamp};
 
 /// The AuditEvent search parameters served (besides `_id` and `_lastUpdated`); the CapabilityStatement claims these.
@@ -388,23 +388,35 @@ impl Store {
                 .collect::<Vec<_>>(),
         )?;
         let has_refs = rows.iter().any(|r| !r.refs.is_empty());
-        if tx.backend() == Backend::Postgres {
+        let postgres = tx.backend() == Backend::Postgres;
+        // Element `n` of a row `v` of the JSON array (`recorded` is a number).
+        let el = "v.value ->> ";
+        let (array, recorded, cast) = if postgres {
+            (
+                "jsonb_array_elements(",
+                format!("({el}1)::bigint"),
+                "::jsonb",
+            )
+        } else {
+            ("json_each(", format!("{el}1"), "")
+        };
+        let insert_events = format!(
+            "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
+             outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
+        );
+        let insert_refs = format!(
+            "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk FROM {array}"
+        );
+        if postgres {
             // One statement: the references join the keys the insert returns, never the whole table (whose
             // statistics lag behind while it grows fast).
-            let el = "v.value ->> ";
-            let mut sql = Sql::new(&format!(
-                "WITH e AS (INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, \
-                 subtype_code, action, outcome, content) SELECT {el}0, ({el}1)::bigint, {el}2, {el}3, {el}4, {el}5, \
-                 {el}6, {el}7, {el}8 FROM jsonb_array_elements("
-            ));
-            sql.bind(events).push("::jsonb) v RETURNING pk, id) ");
+            let mut sql = Sql::new(&format!("WITH e AS ({insert_events}"));
+            sql.bind(events)
+                .push(&format!("{cast}) v RETURNING pk, id) "));
             if has_refs {
-                sql.push(&format!(
-                    "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk \
-                     FROM jsonb_array_elements("
-                ))
-                .bind(refs)
-                .push(&format!("::jsonb) v JOIN e ON e.id = {el}2"));
+                sql.push(&insert_refs)
+                    .bind(refs)
+                    .push(&format!("{cast}) v JOIN e ON e.id = {el}2"));
             } else {
                 sql.push("SELECT COUNT(*) FROM e");
             }
@@ -412,19 +424,13 @@ impl Store {
             return Ok(());
         }
         // SQLite: the references look each event's key up by its id (unique index).
-        let el = "v.value ->> ";
-        let mut insert = Sql::new(&format!(
-            "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
-             outcome, content) SELECT {el}0, {el}1, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM json_each("
-        ));
+        let mut insert = Sql::new(&insert_events);
         insert.bind(events).push(") v");
         tx.execute(&insert).await?;
         if !has_refs {
             return Ok(());
         }
-        let mut link = Sql::new(&format!(
-            "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk FROM json_each("
-        ));
+        let mut link = Sql::new(&insert_refs);
         link.bind(refs)
             .push(&format!(") v JOIN audit_events e ON e.id = {el}2"));
         tx.execute(&link).await?;
@@ -513,26 +519,8 @@ impl Store {
             },
             pk: row.int(0),
         };
-        let (first, last) = (rows.first(), rows.last());
-        if backwards {
-            page.prev = if more {
-                first.map(|r| cursor_at(r, Direction::Prev))
-            } else {
-                None
-            };
-            page.next = last.map(|r| cursor_at(r, Direction::Next));
-        } else {
-            page.next = if more {
-                last.map(|r| cursor_at(r, Direction::Next))
-            } else {
-                None
-            };
-            page.prev = if q.cursor.is_some() {
-                first.map(|r| cursor_at(r, Direction::Prev))
-            } else {
-                None
-            };
-        }
+        (page.prev, page.next) =
+            page_cursors(&rows, backwards, more, q.cursor.is_some(), cursor_at);
         page.matches = rows
             .into_iter()
             .map(|mut r| {

@@ -336,7 +336,7 @@ fn criterion_condition(
         }
         Target::Param(def) => {
             if drive {
-                driver_condition(sql, resource_type, criterion, def, alias, &[]);
+                driver_condition(sql, resource_type, criterion, def, alias, None, &[]);
             } else {
                 param_probe(sql, criterion, def, &format!("{alias}.pk"));
             }
@@ -345,24 +345,29 @@ fn criterion_condition(
 }
 
 /// A criterion on an index table as the search's driver: `pk IN (SELECT d.res_pk …)`, the planner starting from its
-/// index rows. The `folded` criteria (plain parameters too) are checked inside, on the driver's index rows, so that
-/// only resources matching them all are read: a patient's hundred Observations are narrowed to the few with the
-/// code asked for before any resource row is touched.
+/// index rows. With `patient`, only the rows keyed by that patient (`idx_token.patient_id`, see [`patient_keyed`]).
+/// The `folded` criteria (plain parameters too) are checked inside, on the driver's index rows, so that only
+/// resources matching them all are read: a patient's hundred Observations are narrowed to the few with the code asked
+/// for before any resource row is touched.
 fn driver_condition(
     sql: &mut Sql,
     resource_type: Option<&str>,
     criterion: &Criterion,
     def: &registry::SearchParamDef,
     alias: &str,
+    patient: Option<&str>,
     folded: &[&Criterion],
 ) {
     let table = index_table(def.kind);
     sql.push(&format!(
-        "{alias}.pk IN (SELECT d.res_pk FROM {table} d WHERE d.param = "
-    ))
-    .bind(def.name);
+        "{alias}.pk IN (SELECT d.res_pk FROM {table} d WHERE "
+    ));
     if let Some(t) = resource_type {
-        sql.push(" AND d.res_type = ").bind(t);
+        sql.push("d.res_type = ").bind(t).push(" AND ");
+    }
+    sql.push("d.param = ").bind(def.name);
+    if let Some(p) = patient {
+        sql.push(" AND d.patient_id = ").bind(p);
     }
     sql.push(" AND (");
     or_values(sql, "d", criterion);
@@ -407,36 +412,6 @@ fn patient_keyed(q: &SearchQuery) -> Option<(usize, usize, &str)> {
             && !c.values.is_empty()
     })?;
     Some((p, t, patient))
-}
-
-/// The driver of a [`patient_keyed`] search: the token criterion's rows of that patient in `idx_token_patient`,
-/// with the other plain criteria checked on them as in [`driver_condition`].
-fn patient_token_driver(
-    sql: &mut Sql,
-    resource_type: &str,
-    token: &Criterion,
-    patient: &str,
-    folded: &[&Criterion],
-) {
-    let Target::Param(def) = token.target else {
-        return;
-    };
-    sql.push("r.pk IN (SELECT d.res_pk FROM idx_token d WHERE d.res_type = ")
-        .bind(resource_type)
-        .push(" AND d.param = ")
-        .bind(def.name)
-        .push(" AND d.patient_id = ")
-        .bind(patient)
-        .push(" AND (");
-    or_values(sql, "d", token);
-    sql.push(")");
-    for other in folded {
-        if let Target::Param(other_def) = other.target {
-            sql.push(" AND ");
-            param_probe(sql, other, other_def, "d.res_pk");
-        }
-    }
-    sql.push(")");
 }
 
 /// A correlated check of a criterion on an index table for the resource whose key is `key`. A correlated check must
@@ -504,38 +479,40 @@ fn where_clause(q: &SearchQuery, backend: Backend) -> Sql {
     });
     sql.bind(q.resource_type.as_str())
         .push(" AND r.deleted = 0");
-    // One patient's resources with a token (`patient=X&code=Y`) drive from the patient-keyed token index.
+    // One patient's resources with a code (`patient=X&code=Y`) drive from the code's patient-keyed index rows, which
+    // stand for the patient criterion too.
     let keyed = patient_keyed(q);
-    let driver = match keyed {
-        Some((p, _, _)) => Some(p),
-        None => driver,
+    let (driver, keyed_patient) = match keyed {
+        Some((p, t, patient)) => (Some(t), Some((p, patient))),
+        None => (driver, None),
     };
     // A plain driver takes the other plain criteria inside it (see `driver_condition`).
     let folded: Vec<usize> = match driver {
         Some(d) if plain_param(&q.criteria[d]) => (0..q.criteria.len())
             .filter(|&i| {
-                i != d && plain_param(&q.criteria[i]) && keyed.is_none_or(|(_, t, _)| t != i)
+                i != d && plain_param(&q.criteria[i]) && keyed_patient.is_none_or(|(p, _)| p != i)
             })
             .collect(),
         _ => Vec::new(),
     };
     for (i, c) in q.criteria.iter().enumerate() {
-        if folded.contains(&i) || keyed.is_some_and(|(_, t, _)| t == i) {
-            continue;
-        }
-        if let Some((p, t, patient)) = keyed
-            && p == i
-        {
-            let others: Vec<&Criterion> = folded.iter().map(|&j| &q.criteria[j]).collect();
-            sql.push(" AND ");
-            patient_token_driver(&mut sql, &q.resource_type, &q.criteria[t], patient, &others);
+        if folded.contains(&i) || keyed_patient.is_some_and(|(p, _)| p == i) {
             continue;
         }
         sql.push(" AND ");
         match (Some(i) == driver, c.target) {
             (true, Target::Param(def)) if c.chain.is_none() => {
                 let others: Vec<&Criterion> = folded.iter().map(|&j| &q.criteria[j]).collect();
-                driver_condition(&mut sql, Some(&q.resource_type), c, def, "r", &others);
+                let patient = keyed_patient.map(|(_, patient)| patient);
+                driver_condition(
+                    &mut sql,
+                    Some(&q.resource_type),
+                    c,
+                    def,
+                    "r",
+                    patient,
+                    &others,
+                );
             }
             (drive, _) => criterion_condition(&mut sql, Some(&q.resource_type), c, "r", drive),
         }
@@ -720,26 +697,8 @@ impl Store {
                 .collect(),
             pk: row.int(0),
         };
-        let (first, last) = (rows.first(), rows.last());
-        if backwards {
-            page.prev = if more {
-                first.map(|r| cursor_at(r, Direction::Prev))
-            } else {
-                None
-            };
-            page.next = last.map(|r| cursor_at(r, Direction::Next));
-        } else {
-            page.next = if more {
-                last.map(|r| cursor_at(r, Direction::Next))
-            } else {
-                None
-            };
-            page.prev = if q.cursor.is_some() {
-                first.map(|r| cursor_at(r, Direction::Prev))
-            } else {
-                None
-            };
-        }
+        (page.prev, page.next) =
+            page_cursors(&rows, backwards, more, q.cursor.is_some(), cursor_at);
         page.matches = rows
             .into_iter()
             .map(|mut r| {
@@ -908,6 +867,29 @@ impl Store {
 }
 
 /// Rows strictly after (or, for a `Prev` cursor, before) the cursor position in the sort order.
+/// The `previous` and `next` cursors of a page whose `rows` are in display order: read `backwards` (from a
+/// `previous` cursor) or forwards, `more` when a row beyond the page exists in the reading direction, `from_cursor`
+/// when the page was reached through a cursor. `cursor_at` makes a cursor from a row.
+pub(crate) fn page_cursors<R>(
+    rows: &[R],
+    backwards: bool,
+    more: bool,
+    from_cursor: bool,
+    cursor_at: impl Fn(&R, Direction) -> Cursor,
+) -> (Option<Cursor>, Option<Cursor>) {
+    let (first, last) = (rows.first(), rows.last());
+    let prev = |r: Option<&R>| r.map(|r| cursor_at(r, Direction::Prev));
+    let next = |r: Option<&R>| r.map(|r| cursor_at(r, Direction::Next));
+    if backwards {
+        (if more { prev(first) } else { None }, next(last))
+    } else {
+        (
+            if from_cursor { prev(first) } else { None },
+            if more { next(last) } else { None },
+        )
+    }
+}
+
 pub(crate) fn keyset_condition(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor) {
     let backwards = cursor.direction == Direction::Prev;
     sql.push("(");
