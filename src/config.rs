@@ -24,6 +24,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Database connection pool size.
     pub db_max_connections: u32,
+    /// Where each request's AuditEvent is made durable before its response leaves (see `audit::journal`):
+    /// `auto` (the default: a journal directory `<file>-audit` beside a SQLite database file; none for PostgreSQL
+    /// or an in-memory SQLite), `off` (a database commit per group of requests), or the path of a journal
+    /// directory (for PostgreSQL replicas: a persistent volume of each replica's own, or one they share).
+    pub audit_journal: String,
     /// HTTP worker threads (0 = one per core).
     pub http_workers: usize,
     /// Log format: `text` or `json`.
@@ -151,6 +156,7 @@ impl Default for Config {
             base_url: None,
             max_body_bytes: 16 * 1024 * 1024,
             db_max_connections: 10,
+            audit_journal: "auto".into(),
             http_workers: 0,
             log_format: "text".into(),
             log_level: "info".into(),
@@ -270,6 +276,29 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The audit journal directory this configuration asks for, if any (see [`Config::audit_journal`]).
+    pub fn audit_journal_dir(&self) -> Option<std::path::PathBuf> {
+        match self.audit_journal.as_str() {
+            "off" => None,
+            "auto" => {
+                if !self.database_url.starts_with("sqlite:") {
+                    return None;
+                }
+                let options: sqlx::sqlite::SqliteConnectOptions =
+                    self.database_url.parse().ok()?;
+                let file = options.get_filename();
+                let name = file.to_str().unwrap_or_default();
+                if name.is_empty() || name == ":memory:" || self.database_url.contains("mode=memory") {
+                    return None;
+                }
+                let mut dir = file.as_os_str().to_owned();
+                dir.push("-audit");
+                Some(dir.into())
+            }
+            path => Some(path.into()),
+        }
+    }
+
     /// Loads the layers. `file` is the explicit `--config` path (an error when missing); otherwise
     /// `kap-gateway.toml` is read if it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Box<figment::Error>> {

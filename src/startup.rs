@@ -50,6 +50,7 @@ pub fn build_state(
     base_url: String,
     auth: Authenticator,
     workers: crate::workers::Workers,
+    audit: crate::audit::AuditLog,
 ) -> AppState {
     let capability = CapabilityInput {
         base_url: base_url.clone(),
@@ -79,13 +80,14 @@ pub fn build_state(
             .collect(),
     };
     let fhir = FhirService::new(store.clone(), base_url.clone())
-        .with_outbox(crate::sync::Outbox::new(&config.ehr));
+        .with_outbox(crate::sync::Outbox::new(&config.ehr))
+        .with_audit(audit.clone());
     AppState {
         config: config.clone(),
         base_url,
         kap: crate::kap::service::KapService::new(fhir.clone(), config.kap.clone()),
         fhir,
-        audit: crate::audit::AuditLog::start(store.clone(), &workers),
+        audit,
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         workers,
         store,
@@ -157,7 +159,13 @@ impl Application {
                 }
             },
         );
-        let state = build_state(&config, store, base_url, auth, workers.clone());
+        let audit = match config.audit_journal_dir() {
+            Some(dir) => crate::audit::AuditLog::start_journal(store.clone(), &workers, &dir)
+                .await
+                .with_context(|| format!("cannot open the audit journal in {}", dir.display()))?,
+            None => crate::audit::AuditLog::start(store.clone(), &workers),
+        };
+        let state = build_state(&config, store, base_url, auth, workers.clone(), audit);
         crate::bulk::worker::start(state.fhir.clone(), config.bulk.clone(), &workers);
         // EHR sync: the configuration is checked (keys read) even when this process runs no worker. The worker and
         // the periodic pull run under the worker registry: shutdown lets them finish the delivery in progress.

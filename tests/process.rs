@@ -101,14 +101,32 @@ struct Gateway {
     child: Child,
     address: String,
     logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Gateway {
     /// Registers a backend client with the CLI, then starts `serve` on a free port with JSON logs.
     fn start(envs: &[(&str, String)]) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
+        Gateway::start_in(tempfile::tempdir().unwrap(), envs)
+    }
+
+    /// The same in `dir`, whose database (`gw.db`) may already exist, its client registered.
+    fn start_in(dir: tempfile::TempDir, envs: &[(&str, String)]) -> Gateway {
         let database_url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        if !dir.path().join("gw.db").exists() {
+            Gateway::register_client(&dir, &database_url);
+        }
+        Gateway::serve(dir, &database_url, envs)
+    }
+
+    /// Kills the process at once (no shutdown) and hands back its directory.
+    fn crash(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().unwrap()
+    }
+
+    fn register_client(dir: &tempfile::TempDir, database_url: &str) {
         let status = Command::new(BIN)
             .args([
                 "clients",
@@ -136,6 +154,9 @@ impl Gateway {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    fn serve(dir: tempfile::TempDir, database_url: &str, envs: &[(&str, String)]) -> Gateway {
         let mut command = Command::new(BIN);
         command
             .args([
@@ -143,7 +164,7 @@ impl Gateway {
                 "--listen",
                 "127.0.0.1:0",
                 "--database-url",
-                &database_url,
+                database_url,
             ])
             .env_remove("RUST_LOG")
             .env("KAPGW_LOG_FORMAT", "json")
@@ -177,7 +198,7 @@ impl Gateway {
             child,
             address: format!("http://127.0.0.1:{port}"),
             logs,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -597,4 +618,54 @@ async fn sigterm_under_load_fails_no_accepted_request_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigint_is_as_graceful_as_sigterm() {
     shutdown_under_load("INT").await;
+}
+
+/// The audit journal's promise: a request answered is audited, even if the process dies the next moment. Patients
+/// are created under load, the process is killed without warning, and a new process on the same files must show
+/// an AuditEvent for every create that was answered (and the Patient itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_answered_before_a_crash_is_in_the_audit_trail_after_restart() {
+    let gw = Gateway::start(&[]);
+    let token = gw.token(reqwest::header::HeaderMap::new()).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(load(gw.address.clone(), token, 8, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dir = tokio::task::block_in_place(|| gw.crash());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = load
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(o, _)| matches!(o, Ok(201)))
+        .count();
+    assert!(answered > 20, "the load ran: {answered} answers");
+    let journal_root = dir.path().join("gw.db-audit");
+    assert!(journal_root.is_dir(), "the journal lives beside the database");
+
+    let gw = Gateway::start_in(dir, &[]);
+    let token = gw.token(reqwest::header::HeaderMap::new()).await;
+    let client = reqwest::Client::new();
+    let count = |query: &'static str| {
+        let (client, token, address) = (client.clone(), token.clone(), gw.address.clone());
+        async move {
+            let resp = client
+                .get(format!("{address}/fhir/{query}"))
+                .header("Authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()["total"].as_u64().unwrap() as usize
+        }
+    };
+    let created = count("Patient?_summary=count").await;
+    let audited = count("AuditEvent?subtype=create&_summary=count").await;
+    assert!(created >= answered, "{created} Patients stored, {answered} creates answered");
+    assert!(audited >= answered, "{audited} create events, {answered} creates answered");
+    // An event is written before the response, a Patient committed before the event: never more events than
+    // Patients (a create whose transaction failed would be audited with its error status, but none failed here).
+    assert!(audited <= created, "{audited} create events for {created} Patients");
+    // The crashed process's journal was imported and removed; only the running one's remains.
+    let left: Vec<_> = std::fs::read_dir(&journal_root).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}\n{}", gw.logs());
 }

@@ -34,6 +34,8 @@ pub struct FhirService {
     pub base_url: String,
     /// EHR sync: changes to KAP resources are enqueued in the same transaction as the write.
     pub outbox: crate::sync::Outbox,
+    /// The audit log, flushed before the audit trail is read (see [`crate::audit::AuditLog::flush`]).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// Parses a `W/"n"` (or `"n"`, or `n`) ETag into a version number.
@@ -219,6 +221,7 @@ impl FhirService {
             store,
             base_url,
             outbox: crate::sync::Outbox::default(),
+            audit: None,
         }
     }
 
@@ -226,6 +229,21 @@ impl FhirService {
     pub fn with_outbox(mut self, outbox: crate::sync::Outbox) -> FhirService {
         self.outbox = outbox;
         self
+    }
+
+    /// The same service, flushing `audit` before it reads the audit trail.
+    pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> FhirService {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Before `res_type` is read: when it is AuditEvent, waits until the events of every request answered so far
+    /// are in the database.
+    pub(crate) async fn audit_visible(&self, res_type: &str) -> Result<()> {
+        match &self.audit {
+            Some(audit) if res_type == AUDIT_EVENT => audit.flush().await,
+            _ => Ok(()),
+        }
     }
 
     pub fn parse_options(&self, strict: bool) -> ParseOptions<'_> {
@@ -384,6 +402,7 @@ impl FhirService {
         require_supported(res_type)?;
         let permit = access.permit(res_type, Op::Read)?;
         if res_type == AUDIT_EVENT {
+            self.audit_visible(res_type).await?;
             let mut tx = self.store.begin_read().await?;
             let found = self.audit_read(&mut tx, access, &permit, id).await;
             tx.rollback().await?;
@@ -470,6 +489,7 @@ impl FhirService {
                 "Version '{version}' of {res_type}/{id} is not known"
             ))
         })?;
+        self.audit_visible(res_type).await?;
         let mut tx = self.store.begin_read().await?;
         let out = self
             .vread_in(&mut tx, access, &permit, res_type, id, v)
@@ -1023,6 +1043,7 @@ impl FhirService {
 
     /// search: https://hl7.org/fhir/R4/http.html#search — narrowed in SQL to what the token may see.
     pub async fn search(&self, access: &Access, q: &SearchQuery) -> Result<SearchPage> {
+        self.audit_visible(&q.resource_type).await?;
         let mut tx = self.store.begin_read().await?;
         let page = self.search_in(&mut tx, access, q).await;
         tx.rollback().await?;

@@ -107,6 +107,24 @@ impl AuditRow {
             content: serde_json::to_string(&event)?,
         })
     }
+
+    /// The event as one line of JSON (no line breaks: JSON escapes them inside strings): an array of id, recorded,
+    /// type system and code, subtype system and code, action, outcome, the event's text and its `[param, target]`
+    /// references. The audit journal stores these lines; [`Store::append_audit_lines`] takes an array of them.
+    pub fn line(&self) -> Result<String> {
+        Ok(serde_json::to_string(&(
+            &self.id,
+            self.recorded,
+            &self.type_system,
+            &self.type_code,
+            &self.subtype_system,
+            &self.subtype_code,
+            &self.action,
+            &self.outcome,
+            &self.content,
+            &self.refs,
+        ))?)
+    }
 }
 
 const EVENT_COLS: &str = "e.pk, e.id, e.recorded, e.content";
@@ -351,90 +369,71 @@ fn where_clause(q: &SearchQuery) -> Result<Sql> {
     Ok(sql)
 }
 
+/// The SQL statements that append a batch of encoded events (see [`AuditRow::line`]) given as one JSON array
+/// parameter: their text never changes, so each database prepares them once (multi-row `VALUES` lists differ with
+/// every batch size, and preparing them cost more than inserting).
+fn append_statements(postgres: bool, batch: &str) -> Vec<Sql> {
+    // Element `n` of an event `v` of the array (`recorded` is a number; element 9 the references).
+    let el = "v.value ->> ";
+    let (array, recorded, cast, refs_of) = if postgres {
+        (
+            "jsonb_array_elements(",
+            format!("({el}1)::bigint"),
+            "::jsonb",
+            "jsonb_array_elements(v.value -> 9) r",
+        )
+    } else {
+        ("json_each(", format!("{el}1"), "", "json_each(v.value, '$[9]') r")
+    };
+    let insert_events = format!(
+        "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
+         outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
+    );
+    let insert_refs =
+        "INSERT INTO audit_event_refs (param, target, event_pk) SELECT r.value ->> 0, r.value ->> 1, e.pk FROM ";
+    if postgres {
+        // One statement: the references join the keys the insert returns, never the whole table (whose
+        // statistics lag behind while it grows fast).
+        let mut sql = Sql::new(&format!("WITH e AS ({insert_events}"));
+        sql.bind(batch)
+            .push(&format!("{cast}) v RETURNING pk, id) {insert_refs}{array}"))
+            .bind(batch)
+            .push(&format!("{cast}) v CROSS JOIN LATERAL {refs_of} JOIN e ON e.id = {el}0"));
+        return vec![sql];
+    }
+    // SQLite: the references look each event's key up by its id (unique index).
+    let mut events = Sql::new(&insert_events);
+    events.bind(batch).push(") v");
+    let mut refs = Sql::new(&format!("{insert_refs}{array}"));
+    refs.bind(batch)
+        .push(&format!(") v JOIN {refs_of} JOIN audit_events e ON e.id = {el}0"));
+    vec![events, refs]
+}
+
 impl Store {
-    /// Appends events (the audit writer's group commit): two statements whatever the number of events, each taking
-    /// its rows as one JSON array parameter, so that their text never changes and each database prepares them once
-    /// (multi-row `VALUES` lists differ with every batch size, and preparing them cost more than inserting).
+    /// Appends events: `batch` is a JSON array of [`AuditRow::line`]s. Two statements (one on PostgreSQL) whatever
+    /// the number of events.
+    pub async fn append_audit_lines(&self, tx: &mut Tx, batch: &str) -> Result<()> {
+        for sql in append_statements(tx.backend() == Backend::Postgres, batch) {
+            tx.execute(&sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends events (the group-commit writer).
     pub async fn append_audit(&self, tx: &mut Tx, rows: &[AuditRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let events = serde_json::to_string(
-            &rows
-                .iter()
-                .map(|r| {
-                    (
-                        &r.id,
-                        r.recorded,
-                        &r.type_system,
-                        &r.type_code,
-                        &r.subtype_system,
-                        &r.subtype_code,
-                        &r.action,
-                        &r.outcome,
-                        &r.content,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let refs = serde_json::to_string(
-            &rows
-                .iter()
-                .flat_map(|r| {
-                    r.refs
-                        .iter()
-                        .map(move |(param, target)| (param, target, &r.id))
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let has_refs = rows.iter().any(|r| !r.refs.is_empty());
-        let postgres = tx.backend() == Backend::Postgres;
-        // Element `n` of a row `v` of the JSON array (`recorded` is a number).
-        let el = "v.value ->> ";
-        let (array, recorded, cast) = if postgres {
-            (
-                "jsonb_array_elements(",
-                format!("({el}1)::bigint"),
-                "::jsonb",
-            )
-        } else {
-            ("json_each(", format!("{el}1"), "")
-        };
-        let insert_events = format!(
-            "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
-             outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
-        );
-        let insert_refs = format!(
-            "INSERT INTO audit_event_refs (param, target, event_pk) SELECT {el}0, {el}1, e.pk FROM {array}"
-        );
-        if postgres {
-            // One statement: the references join the keys the insert returns, never the whole table (whose
-            // statistics lag behind while it grows fast).
-            let mut sql = Sql::new(&format!("WITH e AS ({insert_events}"));
-            sql.bind(events)
-                .push(&format!("{cast}) v RETURNING pk, id) "));
-            if has_refs {
-                sql.push(&insert_refs)
-                    .bind(refs)
-                    .push(&format!("{cast}) v JOIN e ON e.id = {el}2"));
-            } else {
-                sql.push("SELECT COUNT(*) FROM e");
+        let mut batch = String::from("[");
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                batch.push(',');
             }
-            tx.execute(&sql).await?;
-            return Ok(());
+            batch.push_str(&r.line()?);
         }
-        // SQLite: the references look each event's key up by its id (unique index).
-        let mut insert = Sql::new(&insert_events);
-        insert.bind(events).push(") v");
-        tx.execute(&insert).await?;
-        if !has_refs {
-            return Ok(());
-        }
-        let mut link = Sql::new(&insert_refs);
-        link.bind(refs)
-            .push(&format!(") v JOIN audit_events e ON e.id = {el}2"));
-        tx.execute(&link).await?;
-        Ok(())
+        batch.push(']');
+        self.append_audit_lines(tx, &batch).await
     }
 
     /// Runs an AuditEvent search: one page, keyset-paged on `recorded` (when sorted by date) and the event key.

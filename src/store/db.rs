@@ -85,6 +85,11 @@ pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "patient-keyed token index",
         include_str!("../../migrations/sqlite/0006_patient_token_index.sql"),
     ),
+    (
+        7,
+        "audit journal progress",
+        include_str!("../../migrations/sqlite/0007_audit_journal.sql"),
+    ),
 ];
 pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -116,6 +121,11 @@ pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "patient-keyed token index",
         include_str!("../../migrations/postgres/0006_patient_token_index.sql"),
+    ),
+    (
+        7,
+        "audit journal progress",
+        include_str!("../../migrations/postgres/0007_audit_journal.sql"),
     ),
 ];
 

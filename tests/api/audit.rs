@@ -309,3 +309,65 @@ async fn the_audit_trail_is_read_only_and_searchable_by_its_own_parameters() {
     assert!(params.contains(&"patient") && params.contains(&"date"));
     assert!(!params.contains(&"site"));
 }
+
+/// The two ways of making events durable (`audit_journal`: a journal imported in batches, or a database commit
+/// per group of requests) give the same audit trail, and either way an AuditEvent search sees the events of every
+/// request answered before it, on both databases.
+#[tokio::test]
+async fn journal_and_commit_modes_give_the_same_audit_trail_at_once() {
+    let journal_dir = tempfile::tempdir().unwrap();
+    let mut trails = Vec::new();
+    for mode in [
+        "off".to_owned(),
+        journal_dir.path().join("audit").display().to_string(),
+    ] {
+        let app = crate::helpers::spawn_app_with(|c| c.audit_journal = mode.clone()).await;
+        app.put(
+            "/fhir/Patient/alice",
+            &json!({"resourceType": "Patient", "id": "alice"}),
+        )
+        .await;
+        assert_eq!(app.get("/fhir/Patient/alice").await.status, 200);
+        assert_eq!(app.get("/fhir/Patient/nobody").await.status, 404);
+        assert_eq!(app.get("/fhir/Patient?_id=alice").await.status, 200);
+        // Each search sees what came before it, immediately.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let events = app
+                .get("/fhir/AuditEvent?entity=Patient/alice&_count=100&_sort=date")
+                .await;
+            assert_eq!(events.status, 200, "{}", events.text);
+            let trail: Vec<(String, String)> = events.body["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["resource"]["subtype"][0]["code"].as_str().unwrap().to_owned(),
+                        e["resource"]["outcome"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            seen.push(trail);
+        }
+        // Each AuditEvent search that returned events about alice is itself such an event.
+        assert_eq!(seen[1].len(), seen[0].len() + 1, "{mode}: {:?}", seen[1]);
+        assert_eq!(seen[2].len(), seen[0].len() + 2, "{mode}: {:?}", seen[2]);
+        let all = app.get("/fhir/AuditEvent?_summary=count").await;
+        // update, read, 404 read, search, 3 AuditEvent searches (this one is recorded after it is answered).
+        assert_eq!(all.body["total"], 7, "{mode}");
+        trails.push(seen);
+    }
+    assert_eq!(trails[0], trails[1]);
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        trails[0][2],
+        [
+            pair("update", "0"),
+            pair("read", "0"),
+            pair("search-type", "0"),
+            pair("search-type", "0"),
+            pair("search-type", "0"),
+        ]
+    );
+}

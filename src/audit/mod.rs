@@ -1,11 +1,17 @@
 //! The audit trail: one AuditEvent per FHIR access and per token grant or refusal, in the style of IHE Basic Audit
 //! Log Patterns (https://profiles.ihe.net/ITI/BALP/, https://hl7.org/fhir/R4/auditevent.html).
 //!
-//! Events are written through a group-commit writer: each request hands its event over and waits until the
-//! transaction holding it has committed, so nothing is answered unaudited, while many concurrent requests share one
-//! database transaction. They go to the audit trail's own append-only table (`store::audit`), not the resource
-//! store: one row per event plus its patient, agent and entity references. Events never carry note text, search values or resource content: only who, which client,
+//! Nothing is answered unaudited. Each request's event is made durable before its response leaves, in one of two
+//! ways (setting `audit_journal`): written to the audit journal ([`journal`], the default beside a SQLite file),
+//! which a background task imports into the database in large batches; or handed to a group-commit writer, the
+//! request waiting until the database transaction holding it (shared by many concurrent requests) has committed.
+//! Either way events end up in the audit trail's own append-only table (`store::audit`), not the resource store:
+//! one row per event plus its patient, agent and entity references. Events never carry note text, search values or resource content: only who, which client,
 //! which interaction on which resource type and id, which patients, and the HTTP status.
+
+pub mod journal;
+
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -25,10 +31,16 @@ const GATHER_MICROS: u64 = 500;
 
 type Pending = (Value, oneshot::Sender<std::result::Result<(), String>>);
 
-/// Hands events to the writer task.
+/// Records events: into the journal, or through the group-commit writer task.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Pending>,
+    sink: Sink,
+}
+
+#[derive(Clone, Debug)]
+enum Sink {
+    Journal(Arc<journal::Journal>),
+    Commit(mpsc::Sender<Pending>),
 }
 
 /// What happened, in the terms of the FHIR restful-interaction code system.
@@ -256,8 +268,44 @@ pub fn audit_event(
 }
 
 impl AuditLog {
-    /// Starts the writer tasks on the current runtime, registered with `workers`: on shutdown, once the HTTP server
-    /// has stopped, they write every event still queued and return.
+    /// Opens an audit journal under `root`, after importing the journals that earlier runs left behind (so the
+    /// audit trail is complete before the first request), and starts its importer, registered with `workers`: on
+    /// shutdown, once the HTTP server has stopped, it imports what is left and returns.
+    pub async fn start_journal(
+        store: Store,
+        workers: &crate::workers::Workers,
+        root: &std::path::Path,
+    ) -> Result<AuditLog> {
+        let imported = journal::adopt_orphans(root, None, &store).await?;
+        if imported > 0 {
+            tracing::info!(events = imported, journal = %root.display(), "audit events of an earlier run imported");
+        }
+        let journal = Arc::new(journal::Journal::create(root)?);
+        let running = journal.clone();
+        workers.spawn(
+            "audit-importer",
+            crate::workers::Stage::AfterRequests,
+            // It beats after every import round (ten a second): a minute of failed imports makes the instance
+            // unready, since reads of the audit trail then fail too.
+            Some(std::time::Duration::from_secs(60)),
+            move |w| running.run_importer(store, w),
+        );
+        Ok(AuditLog {
+            sink: Sink::Journal(journal),
+        })
+    }
+
+    /// Waits until every event recorded so far can be read from the database (a no-op for the group-commit
+    /// writer, whose events are committed when recorded). Readers of the audit trail call it first.
+    pub async fn flush(&self) -> Result<()> {
+        match &self.sink {
+            Sink::Journal(j) => j.flush().await,
+            Sink::Commit(_) => Ok(()),
+        }
+    }
+
+    /// Starts the group-commit writer tasks on the current runtime, registered with `workers`: on shutdown, once
+    /// the HTTP server has stopped, they write every event still queued and return.
     pub fn start(store: Store, workers: &crate::workers::Workers) -> AuditLog {
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         // SQLite has one writer at a time anyway; PostgreSQL commits several batches side by side.
@@ -275,14 +323,22 @@ impl AuditLog {
                 move |w| writer(store, rx, w),
             );
         }
-        AuditLog { tx }
+        AuditLog {
+            sink: Sink::Commit(tx),
+        }
     }
 
-    /// Records an event and waits until it is committed.
+    /// Records an event: returns once it is durable (written to the journal, or committed).
     pub async fn record(&self, event: Value) -> Result<()> {
+        let tx = match &self.sink {
+            Sink::Journal(journal) => {
+                journal.append(&AuditRow::new(event)?)?;
+                return Ok(());
+            }
+            Sink::Commit(tx) => tx,
+        };
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send((event, done))
+        tx.send((event, done))
             .await
             .map_err(|_| Error::internal(anyhow::anyhow!("the audit writer has stopped")))?;
         match wait.await {
