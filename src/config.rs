@@ -284,11 +284,13 @@ impl Config {
                 if !self.database_url.starts_with("sqlite:") {
                     return None;
                 }
-                let options: sqlx::sqlite::SqliteConnectOptions =
-                    self.database_url.parse().ok()?;
+                let options: sqlx::sqlite::SqliteConnectOptions = self.database_url.parse().ok()?;
                 let file = options.get_filename();
                 let name = file.to_str().unwrap_or_default();
-                if name.is_empty() || name == ":memory:" || self.database_url.contains("mode=memory") {
+                if name.is_empty()
+                    || name == ":memory:"
+                    || self.database_url.contains("mode=memory")
+                {
                     return None;
                 }
                 let mut dir = file.as_os_str().to_owned();

@@ -43,6 +43,9 @@ fn scheme(url: &str) -> &str {
     url.split(':').next().unwrap_or("unknown")
 }
 
+/// How often the SQLite write-ahead log is checkpointed in the background (see `Db::checkpoint`).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Builds the shared application state.
 pub fn build_state(
     config: &Config,
@@ -165,6 +168,28 @@ impl Application {
                 .with_context(|| format!("cannot open the audit journal in {}", dir.display()))?,
             None => crate::audit::AuditLog::start(store.clone(), &workers),
         };
+        if store.db.backend() == crate::store::db::Backend::Sqlite {
+            let db = store.db.clone();
+            workers.spawn(
+                "sqlite-checkpoint",
+                Stage::Background,
+                Some(Duration::from_secs(60)),
+                |w| async move {
+                    loop {
+                        tokio::select! {
+                            _ = w.stopping() => return,
+                            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+                        }
+                        match db.checkpoint().await {
+                            Ok(_) => w.beat(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not checkpoint the SQLite log")
+                            }
+                        }
+                    }
+                },
+            );
+        }
         let state = build_state(&config, store, base_url, auth, workers.clone(), audit);
         crate::bulk::worker::start(state.fhir.clone(), config.bulk.clone(), &workers);
         // EHR sync: the configuration is checked (keys read) even when this process runs no worker. The worker and

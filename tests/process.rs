@@ -146,7 +146,7 @@ impl Gateway {
                 "--scopes",
                 "system/*.cruds system/AuditEvent.rs kap/psychotherapy-notes.read",
             ])
-            .args(["--database-url", &database_url])
+            .args(["--database-url", database_url])
             .env("OPS_TEST_SECRET", SECRET)
             .env_remove("RUST_LOG")
             .current_dir(dir.path())
@@ -640,7 +640,10 @@ async fn every_request_answered_before_a_crash_is_in_the_audit_trail_after_resta
         .count();
     assert!(answered > 20, "the load ran: {answered} answers");
     let journal_root = dir.path().join("gw.db-audit");
-    assert!(journal_root.is_dir(), "the journal lives beside the database");
+    assert!(
+        journal_root.is_dir(),
+        "the journal lives beside the database"
+    );
 
     let gw = Gateway::start_in(dir, &[]);
     let token = gw.token(reqwest::header::HeaderMap::new()).await;
@@ -655,16 +658,27 @@ async fn every_request_answered_before_a_crash_is_in_the_audit_trail_after_resta
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 200);
-            resp.json::<Value>().await.unwrap()["total"].as_u64().unwrap() as usize
+            resp.json::<Value>().await.unwrap()["total"]
+                .as_u64()
+                .unwrap() as usize
         }
     };
     let created = count("Patient?_summary=count").await;
     let audited = count("AuditEvent?subtype=create&_summary=count").await;
-    assert!(created >= answered, "{created} Patients stored, {answered} creates answered");
-    assert!(audited >= answered, "{audited} create events, {answered} creates answered");
+    assert!(
+        created >= answered,
+        "{created} Patients stored, {answered} creates answered"
+    );
+    assert!(
+        audited >= answered,
+        "{audited} create events, {answered} creates answered"
+    );
     // An event is written before the response, a Patient committed before the event: never more events than
     // Patients (a create whose transaction failed would be audited with its error status, but none failed here).
-    assert!(audited <= created, "{audited} create events for {created} Patients");
+    assert!(
+        audited <= created,
+        "{audited} create events for {created} Patients"
+    );
     // The crashed process's journal was imported and removed; only the running one's remains.
     let left: Vec<_> = std::fs::read_dir(&journal_root).unwrap().collect();
     assert_eq!(left.len(), 1, "{left:?}\n{}", gw.logs());

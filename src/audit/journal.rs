@@ -368,9 +368,8 @@ impl Reader {
         if count > 0 {
             store.append_audit_lines(&mut tx, &batch).await?;
         }
-        let mut progress = Sql::new(
-            "INSERT INTO audit_journal (journal, segment, byte_offset) VALUES (",
-        );
+        let mut progress =
+            Sql::new("INSERT INTO audit_journal (journal, segment, byte_offset) VALUES (");
         progress
             .bind(journal)
             .push(", ")
@@ -394,9 +393,9 @@ fn batch_of_lines(bytes: &[u8], path: &Path) -> (String, usize) {
     batch.push('[');
     let mut count = 0;
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let well_formed = std::str::from_utf8(line).ok().filter(|text| {
-            serde_json::from_str::<LineShape>(text).is_ok()
-        });
+        let well_formed = std::str::from_utf8(line)
+            .ok()
+            .filter(|text| serde_json::from_str::<LineShape>(text).is_ok());
         match well_formed {
             Some(text) => {
                 if count > 0 {
@@ -500,10 +499,7 @@ async fn import_orphan(dir: &Path, id: &str, store: &Store) -> Result<usize> {
     let mut total = 0;
     // Every segment of a finished journal is complete: `last + 1` lets the reader move past (and delete) the last.
     while reader.pos.segment <= last {
-        total += reader
-            .import_some(store, id, last + 1)
-            .await?
-            .unwrap_or(0);
+        total += reader.import_some(store, id, last + 1).await?.unwrap_or(0);
     }
     Ok(total)
 }
@@ -541,7 +537,10 @@ mod tests {
     async fn count(store: &Store, table: &str) -> i64 {
         let rows = store
             .db
-            .fetch(&Sql::new(&format!("SELECT COUNT(*) FROM {table}")), &[Col::Int])
+            .fetch(
+                &Sql::new(&format!("SELECT COUNT(*) FROM {table}")),
+                &[Col::Int],
+            )
             .await
             .unwrap();
         rows[0].int(0)
@@ -550,7 +549,10 @@ mod tests {
     async fn event_ids(store: &Store) -> Vec<String> {
         let rows = store
             .db
-            .fetch(&Sql::new("SELECT id FROM audit_events ORDER BY id"), &[Col::Text])
+            .fetch(
+                &Sql::new("SELECT id FROM audit_events ORDER BY id"),
+                &[Col::Text],
+            )
             .await
             .unwrap();
         rows.iter().map(|r| r.text(0)).collect()
@@ -575,7 +577,10 @@ mod tests {
         assert_eq!(count(&store, "audit_event_refs").await, 9);
         let stored = store
             .db
-            .fetch(&Sql::new("SELECT content FROM audit_events ORDER BY id"), &[Col::Text])
+            .fetch(
+                &Sql::new("SELECT content FROM audit_events ORDER BY id"),
+                &[Col::Text],
+            )
             .await
             .unwrap();
         let first: serde_json::Value = serde_json::from_str(&stored[0].text(0)).unwrap();
@@ -594,7 +599,10 @@ mod tests {
         }
         let end = journal.end().unwrap();
         assert!(end.segment >= 4, "{end:?}");
-        assert_eq!(segments(&journal.dir).unwrap().len() as u64, end.segment + 1);
+        assert_eq!(
+            segments(&journal.dir).unwrap().len() as u64,
+            end.segment + 1
+        );
         assert_eq!(journal.import(&store, &mut reader).await.unwrap(), 10);
         // Only the segment being written is left.
         assert_eq!(segments(&journal.dir).unwrap(), vec![end.segment]);
@@ -609,9 +617,12 @@ mod tests {
         let workers = crate::workers::Workers::new();
         let running = journal.clone();
         let importer_store = store.clone();
-        workers.spawn("audit-importer", crate::workers::Stage::AfterRequests, None, move |w| {
-            running.run_importer(importer_store, w)
-        });
+        workers.spawn(
+            "audit-importer",
+            crate::workers::Stage::AfterRequests,
+            None,
+            move |w| running.run_importer(importer_store, w),
+        );
         for n in 0..5 {
             journal.append(&row(n)).unwrap();
         }
@@ -663,6 +674,11 @@ mod tests {
         assert_eq!(ids.len(), 8);
         assert_eq!(count(&store, "audit_journal").await, 0);
         // Nothing left to adopt the second time.
-        assert_eq!(adopt_orphans(&root, Some(alive.id()), &store).await.unwrap(), 0);
+        assert_eq!(
+            adopt_orphans(&root, Some(alive.id()), &store)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

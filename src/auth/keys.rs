@@ -398,7 +398,7 @@ mod tests {
             .connect_lazy("sqlite::memory:")
             .unwrap();
         KeyRing {
-            db: Db::Sqlite(pool),
+            db: Db::Sqlite(pool.into()),
             keys: Arc::new(RwLock::new(vec![key])),
         }
     }

@@ -383,14 +383,18 @@ fn append_statements(postgres: bool, batch: &str) -> Vec<Sql> {
             "jsonb_array_elements(v.value -> 9) r",
         )
     } else {
-        ("json_each(", format!("{el}1"), "", "json_each(v.value, '$[9]') r")
+        (
+            "json_each(",
+            format!("{el}1"),
+            "",
+            "json_each(v.value, '$[9]') r",
+        )
     };
     let insert_events = format!(
         "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
          outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
     );
-    let insert_refs =
-        "INSERT INTO audit_event_refs (param, target, event_pk) SELECT r.value ->> 0, r.value ->> 1, e.pk FROM ";
+    let insert_refs = "INSERT INTO audit_event_refs (param, target, event_pk) SELECT r.value ->> 0, r.value ->> 1, e.pk FROM ";
     if postgres {
         // One statement: the references join the keys the insert returns, never the whole table (whose
         // statistics lag behind while it grows fast).
@@ -398,15 +402,18 @@ fn append_statements(postgres: bool, batch: &str) -> Vec<Sql> {
         sql.bind(batch)
             .push(&format!("{cast}) v RETURNING pk, id) {insert_refs}{array}"))
             .bind(batch)
-            .push(&format!("{cast}) v CROSS JOIN LATERAL {refs_of} JOIN e ON e.id = {el}0"));
+            .push(&format!(
+                "{cast}) v CROSS JOIN LATERAL {refs_of} JOIN e ON e.id = {el}0"
+            ));
         return vec![sql];
     }
     // SQLite: the references look each event's key up by its id (unique index).
     let mut events = Sql::new(&insert_events);
     events.bind(batch).push(") v");
     let mut refs = Sql::new(&format!("{insert_refs}{array}"));
-    refs.bind(batch)
-        .push(&format!(") v JOIN {refs_of} JOIN audit_events e ON e.id = {el}0"));
+    refs.bind(batch).push(&format!(
+        ") v JOIN {refs_of} JOIN audit_events e ON e.id = {el}0"
+    ));
     vec![events, refs]
 }
 

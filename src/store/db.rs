@@ -48,8 +48,27 @@ impl Backend {
 /// A connection pool to one of the two supported databases.
 #[derive(Clone, Debug)]
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePools),
     Postgres(PgPool),
+}
+
+/// SQLite: readers share a pool; every write transaction runs on one connection of its own. SQLite has one writer
+/// at a time anyway, and a single write connection keeps the pages that writes touch (index interiors, the ends
+/// of growing tables) in one warm cache, and the memory a large transaction needs in one place.
+#[derive(Clone, Debug)]
+pub struct SqlitePools {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl From<SqlitePool> for SqlitePools {
+    /// One pool for both (tests).
+    fn from(pool: SqlitePool) -> SqlitePools {
+        SqlitePools {
+            read: pool.clone(),
+            write: pool,
+        }
+    }
 }
 
 /// Migrations, embedded so that the binary needs nothing beside it. Versions are identical in both folders
@@ -157,12 +176,32 @@ impl Db {
                 .foreign_keys(true)
                 // Statement journals (a multi-row statement inside a transaction keeps one in case it fails half
                 // way) and temporary indexes stay in memory instead of temporary files.
-                .pragma("temp_store", "memory");
-            let pool = SqlitePoolOptions::new()
+                .pragma("temp_store", "memory")
+                // The server checkpoints the write-ahead log in the background ([`Db::checkpoint`]), so that no
+                // writer pays for it while holding the write lock; SQLite's own checkpoint after a commit is kept
+                // only as a safety net for a WAL grown far beyond what the server lets it reach (400 MB), and for
+                // the command-line tools.
+                .pragma("wal_autocheckpoint", "100000");
+            let read = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await?;
-            Ok(Db::Sqlite(pool))
+            if options.get_filename().to_str() == Some(":memory:") || url.contains("mode=memory") {
+                // Every connection to an in-memory database would open a database of its own.
+                return Ok(Db::Sqlite(read.into()));
+            }
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    options
+                        // Writes touch scattered index pages: a larger cache for the one writer, and a large
+                        // transaction keeps its changed pages in memory until it commits instead of writing them
+                        // to the log early (which wrote many twice).
+                        .pragma("cache_size", "-16384")
+                        .pragma("cache_spill", "off"),
+                )
+                .await?;
+            Ok(Db::Sqlite(SqlitePools { read, write }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
@@ -191,7 +230,7 @@ impl Db {
     /// Applies every embedded migration not yet applied.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
-            Db::Sqlite(pool) => migrator(SQLITE_MIGRATIONS).run(pool).await,
+            Db::Sqlite(pools) => migrator(SQLITE_MIGRATIONS).run(&pools.write).await,
             Db::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await,
         }
     }
@@ -216,7 +255,7 @@ impl Db {
     /// A transaction for reading. SQLite's deferred BEGIN suffices.
     pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?, None),
+            Db::Sqlite(pools) => Tx::Sqlite(pools.read.begin().await?, None),
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -227,12 +266,15 @@ impl Db {
     /// makes a waiting writer sleep and poll (up to 100 ms at a time), which leaves the database idle between writers.
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pool) => {
-                let lock = sqlite_write_lock(pool);
+            Db::Sqlite(pools) => {
+                let lock = sqlite_write_lock(&pools.write);
                 let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
                     .await
                     .map_err(|_| sqlx::Error::PoolTimedOut)?;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+                Tx::Sqlite(
+                    pools.write.begin_with("BEGIN IMMEDIATE").await?,
+                    Some(guard),
+                )
             }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -243,9 +285,9 @@ impl Db {
     pub async fn fetch(&self, sql: &Sql, cols: &[Col]) -> Result<Vec<Row>, sqlx::Error> {
         let text = sql.render(self.backend());
         match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pools) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                let rows = q.fetch_all(pool).await?;
+                let rows = q.fetch_all(&pools.read).await?;
                 rows.iter().map(|r| decode_sqlite(r, cols)).collect()
             }
             Db::Postgres(pool) => {
@@ -256,17 +298,38 @@ impl Db {
         }
     }
 
-    /// Pool statistics: (connections open, connections idle).
+    /// Copies what the SQLite write-ahead log holds into the database file, as far as readers allow, without
+    /// blocking writers (`PRAGMA wal_checkpoint(PASSIVE)`); returns the frames in the log and those copied. The
+    /// server runs this in the background (a no-op on PostgreSQL).
+    pub async fn checkpoint(&self) -> Result<(i64, i64), sqlx::Error> {
+        match self {
+            Db::Sqlite(pools) => {
+                let row: (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&pools.read)
+                    .await?;
+                Ok((row.1, row.2))
+            }
+            Db::Postgres(_) => Ok((0, 0)),
+        }
+    }
+
+    /// Pool statistics: (connections open, connections idle); on SQLite the readers' pool and the writer's.
     pub fn pool_stats(&self) -> (u32, usize) {
         match self {
-            Db::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Db::Sqlite(pools) => (
+                pools.read.size() + pools.write.size(),
+                pools.read.num_idle() + pools.write.num_idle(),
+            ),
             Db::Postgres(pool) => (pool.size(), pool.num_idle()),
         }
     }
 
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(pools) => {
+                pools.read.close().await;
+                pools.write.close().await;
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }
@@ -567,6 +630,39 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used, clippy::panic)]
+    async fn sqlite_writes_run_on_their_own_connection_and_are_checkpointed_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let db = Db::connect(&url, 3).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        tx.execute(&Sql::new("CREATE TABLE t (x INTEGER)"))
+            .await
+            .unwrap();
+        tx.execute(&Sql::new(
+            "INSERT INTO t SELECT value FROM json_each('[1,2,3]')",
+        ))
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // Readers (another pool) see the commit at once.
+        let rows = db
+            .fetch(&Sql::new("SELECT SUM(x) FROM t"), &[Col::Int])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].int(0), 6);
+        // The commit stayed in the log (no checkpoint after commit); a checkpoint copies all of it.
+        let (log, copied) = db.checkpoint().await.unwrap();
+        assert!(log > 0);
+        assert_eq!(copied, log);
+        // One writer connection beside the readers that have been opened.
+        let Db::Sqlite(pools) = &db else {
+            panic!("a SQLite database")
+        };
+        assert_eq!(pools.write.size(), 1);
+    }
 
     #[test]
     fn placeholders_are_numbered_for_postgres_and_left_alone_for_sqlite() {

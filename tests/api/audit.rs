@@ -343,7 +343,10 @@ async fn journal_and_commit_modes_give_the_same_audit_trail_at_once() {
                 .iter()
                 .map(|e| {
                     (
-                        e["resource"]["subtype"][0]["code"].as_str().unwrap().to_owned(),
+                        e["resource"]["subtype"][0]["code"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
                         e["resource"]["outcome"].as_str().unwrap().to_owned(),
                     )
                 })
