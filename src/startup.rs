@@ -44,7 +44,7 @@ fn scheme(url: &str) -> &str {
 }
 
 /// How often the SQLite write-ahead log is checkpointed in the background (see `Db::checkpoint`).
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Builds the shared application state.
 pub fn build_state(

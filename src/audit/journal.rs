@@ -34,13 +34,13 @@ use crate::store::audit::AuditRow;
 use crate::store::db::{Col, Sql};
 
 /// How often the importer copies new lines into the database.
-pub const IMPORT_INTERVAL: Duration = Duration::from_millis(100);
+pub const IMPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most bytes of journal imported in one database transaction.
-const IMPORT_BATCH_BYTES: usize = 256 * 1024;
+const IMPORT_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How long a reader of the audit trail waits for the importer before giving up with 503.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
