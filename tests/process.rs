@@ -570,7 +570,12 @@ async fn load(
     all
 }
 
+/// The tests that put a gateway under load run one at a time: on two cores, a second loaded gateway beside a
+/// shutting-down one leaves connections in the listener's backlog when it closes (reset by the kernel).
+static LOAD_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn shutdown_under_load(signal: &str) {
+    let _one_at_a_time = LOAD_TESTS.lock().await;
     let mut gw = Gateway::start(&[("KAPGW_SHUTDOWN_TIMEOUT_SECS", "20".into())]);
     let token = gw.token(reqwest::header::HeaderMap::new()).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -625,6 +630,7 @@ async fn sigint_is_as_graceful_as_sigterm() {
 /// an AuditEvent for every create that was answered (and the Patient itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_request_answered_before_a_crash_is_in_the_audit_trail_after_restart() {
+    let _one_at_a_time = LOAD_TESTS.lock().await;
     let gw = Gateway::start(&[]);
     let token = gw.token(reqwest::header::HeaderMap::new()).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1044,7 +1044,16 @@ impl FhirService {
     /// search: https://hl7.org/fhir/R4/http.html#search — narrowed in SQL to what the token may see.
     pub async fn search(&self, access: &Access, q: &SearchQuery) -> Result<SearchPage> {
         self.audit_visible(&q.resource_type).await?;
-        let mut tx = self.store.begin_read().await?;
+        // A search without _include, _revinclude or an accurate total is one SQL statement (access rules,
+        // chains and the page included): no transaction needed around it.
+        let single_statement = q.include.is_empty()
+            && q.revinclude.is_empty()
+            && (q.total != crate::fhir::search::TotalMode::Accurate || q.count == 0);
+        let mut tx = if single_statement {
+            self.store.begin_single().await?
+        } else {
+            self.store.begin_read().await?
+        };
         let page = self.search_in(&mut tx, access, q).await;
         tx.rollback().await?;
         page

@@ -150,6 +150,11 @@ impl Store {
         Ok(self.db.begin_read().await?)
     }
 
+    /// See [`db::Db::begin_single`]: for reads of one statement.
+    pub async fn begin_single(&self) -> Result<Tx> {
+        Ok(self.db.begin_single().await?)
+    }
+
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(self.db.begin_write().await?)
     }
