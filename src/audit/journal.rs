@@ -39,9 +39,6 @@ pub const IMPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Most bytes of journal imported in one database transaction.
-const IMPORT_BATCH_BYTES: usize = 1024 * 1024;
-
 /// How long a reader of the audit trail waits for the importer before giving up with 503.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -304,7 +301,7 @@ impl Reader {
         }
     }
 
-    /// Imports up to [`IMPORT_BATCH_BYTES`] of complete lines from the current segment, in one transaction that
+    /// Imports up to [`crate::store::audit::max_batch_bytes`] of complete lines from the current segment, in one transaction that
     /// also records the new position. At the end of a segment older than `last_segment` (which is complete), moves
     /// on to the next one and deletes it. Returns the number of events imported (0 when it only moved on to the next
     /// segment), `None` when there was nothing new.
@@ -337,8 +334,10 @@ impl Reader {
         };
         file.seek(SeekFrom::Start(self.pos.offset))
             .map_err(|e| io_error("read", &path, &e))?;
+        // Most bytes of journal imported in one database transaction.
+        let limit = crate::store::audit::max_batch_bytes(store.db.backend());
         let mut buf = Vec::new();
-        file.take(IMPORT_BATCH_BYTES as u64)
+        file.take(limit as u64)
             .read_to_end(&mut buf)
             .map_err(|e| io_error("read", &path, &e))?;
         // Only whole lines: the writer may be in the middle of one.

@@ -398,13 +398,13 @@ fn append_statements(postgres: bool, batch: &str) -> Vec<Sql> {
     if postgres {
         // One statement: the references join the keys the insert returns, never the whole table (whose
         // statistics lag behind while it grows fast).
+        // The batch is sent once and read twice (`$1`, the statement's only parameter): PostgreSQL connections
+        // run without TCP_NODELAY, and a message past one loopback segment (64 KB) waited for a delayed ACK.
         let mut sql = Sql::new(&format!("WITH e AS ({insert_events}"));
-        sql.bind(batch)
-            .push(&format!("{cast}) v RETURNING pk, id) {insert_refs}{array}"))
-            .bind(batch)
-            .push(&format!(
-                "{cast}) v CROSS JOIN LATERAL {refs_of} JOIN e ON e.id = {el}0"
-            ));
+        sql.bind(batch).push(&format!(
+            "{cast}) v RETURNING pk, id) {insert_refs}{array}$1{cast}) v CROSS JOIN LATERAL {refs_of} \
+             JOIN e ON e.id = {el}0"
+        ));
         return vec![sql];
     }
     // SQLite: the references look each event's key up by its id (unique index).
@@ -415,6 +415,15 @@ fn append_statements(postgres: bool, batch: &str) -> Vec<Sql> {
         ") v JOIN {refs_of} JOIN audit_events e ON e.id = {el}0"
     ));
     vec![events, refs]
+}
+
+/// The largest batch of encoded events sent in one statement: on PostgreSQL one message must stay within a
+/// loopback TCP segment (connections run without TCP_NODELAY, and a longer message waited for a delayed ACK).
+pub fn max_batch_bytes(backend: Backend) -> usize {
+    match backend {
+        Backend::Postgres => 60 * 1024,
+        Backend::Sqlite => 1024 * 1024,
+    }
 }
 
 impl Store {
@@ -432,12 +441,19 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
+        let limit = max_batch_bytes(tx.backend());
         let mut batch = String::from("[");
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
+        for r in rows {
+            let line = r.line()?;
+            if batch.len() > 1 && batch.len() + line.len() + 2 > limit {
+                batch.push(']');
+                self.append_audit_lines(tx, &batch).await?;
+                batch = String::from("[");
+            }
+            if batch.len() > 1 {
                 batch.push(',');
             }
-            batch.push_str(&r.line()?);
+            batch.push_str(&line);
         }
         batch.push(']');
         self.append_audit_lines(tx, &batch).await
