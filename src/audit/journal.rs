@@ -60,6 +60,8 @@ struct Out {
     segment: u64,
     file: File,
     len: u64,
+    /// Set once the importer has taken the last line, at shutdown: later appends fail instead of being lost.
+    closed: bool,
 }
 
 /// This process's journal.
@@ -137,6 +139,7 @@ impl Journal {
                 segment: 0,
                 file,
                 len: 0,
+                closed: false,
             }),
             imported: watch::Sender::new(Pos::default()),
             wake: Notify::new(),
@@ -159,6 +162,11 @@ impl Journal {
         let mut line = row.line()?;
         line.push('\n');
         let mut out = self.out()?;
+        if out.closed {
+            return Err(Error::internal(anyhow::anyhow!(
+                "the audit journal is closed: the gateway is shutting down"
+            )));
+        }
         if out.len >= self.segment_bytes {
             let next = out.segment + 1;
             let file = open_segment(&self.dir, next)
@@ -167,6 +175,7 @@ impl Journal {
                 segment: next,
                 file,
                 len: 0,
+                closed: false,
             };
         }
         if let Err(e) = out.file.write_all(line.as_bytes()) {
@@ -260,6 +269,7 @@ impl Journal {
                 }
             }
             if stopping {
+                self.close(&store, &mut reader).await;
                 return;
             }
             if last_adopt.elapsed() >= ADOPT_INTERVAL {
@@ -268,6 +278,37 @@ impl Journal {
                     tracing::error!(error = %e, "could not import an orphaned audit journal");
                 }
             }
+        }
+    }
+}
+
+impl Journal {
+    /// At shutdown, after the importer's last round: refuses further appends, imports what came in meanwhile, then
+    /// removes the journal's directory and its row (in that order: a row without files is harmless, files without
+    /// their row would be imported again).
+    async fn close(&self, store: &Store, reader: &mut Reader) {
+        match self.out() {
+            Ok(mut out) => out.closed = true,
+            Err(_) => return,
+        }
+        if let Err(e) = self.import(store, reader).await {
+            tracing::error!(error = %e, journal = %self.id, "could not import the last audit events; they stay in the journal for the next start");
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(error = %e, journal = %self.id, "could not remove the imported audit journal");
+            return;
+        }
+        let mut forget = Sql::new("DELETE FROM audit_journal WHERE journal = ");
+        forget.bind(self.id.as_str());
+        let deleted = async {
+            let mut tx = store.begin_write().await?;
+            tx.execute(&forget).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = deleted.await {
+            tracing::warn!(error = %e, journal = %self.id, "could not delete the imported audit journal's position");
         }
     }
 }
@@ -635,8 +676,14 @@ mod tests {
                 tokio::time::Instant::now() + Duration::from_secs(10),
             )
             .await;
-        // The importer took what was left on its way out.
+        // The importer took what was left on its way out, then removed the journal and its position.
         assert_eq!(count(&store, "audit_events").await, 6);
+        assert!(!journal.dir.exists());
+        assert_eq!(count(&store, "audit_journal").await, 0);
+        assert!(
+            journal.append(&row(6)).is_err(),
+            "a closed journal refuses lines"
+        );
     }
 
     #[tokio::test]
