@@ -285,15 +285,10 @@ impl Config {
                     return None;
                 }
                 let options: sqlx::sqlite::SqliteConnectOptions = self.database_url.parse().ok()?;
-                let file = options.get_filename();
-                let name = file.to_str().unwrap_or_default();
-                if name.is_empty()
-                    || name == ":memory:"
-                    || self.database_url.contains("mode=memory")
-                {
+                if crate::store::db::sqlite_in_memory(&options, &self.database_url) {
                     return None;
                 }
-                let mut dir = file.as_os_str().to_owned();
+                let mut dir = options.get_filename().as_os_str().to_owned();
                 dir.push("-audit");
                 Some(dir.into())
             }

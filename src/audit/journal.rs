@@ -171,12 +171,9 @@ impl Journal {
             let next = out.segment + 1;
             let file = open_segment(&self.dir, next)
                 .map_err(|e| io_error("create", &segment_path(&self.dir, next), &e))?;
-            *out = Out {
-                segment: next,
-                file,
-                len: 0,
-                closed: false,
-            };
+            out.segment = next;
+            out.file = file;
+            out.len = 0;
         }
         if let Err(e) = out.file.write_all(line.as_bytes()) {
             // A partly written line would run into the next one: cut it off.
@@ -280,9 +277,7 @@ impl Journal {
             }
         }
     }
-}
 
-impl Journal {
     /// At shutdown, after the importer's last round: refuses further appends, imports what came in meanwhile, then
     /// removes the journal's directory and its row (in that order: a row without files is harmless, files without
     /// their row would be imported again).
@@ -299,15 +294,7 @@ impl Journal {
             tracing::warn!(error = %e, journal = %self.id, "could not remove the imported audit journal");
             return;
         }
-        let mut forget = Sql::new("DELETE FROM audit_journal WHERE journal = ");
-        forget.bind(self.id.as_str());
-        let deleted = async {
-            let mut tx = store.begin_write().await?;
-            tx.execute(&forget).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        };
-        if let Err(e) = deleted.await {
+        if let Err(e) = forget(store, &self.id).await {
             tracing::warn!(error = %e, journal = %self.id, "could not delete the imported audit journal's position");
         }
     }
@@ -353,9 +340,10 @@ impl Reader {
         last_segment: u64,
     ) -> Result<Option<usize>> {
         let path = segment_path(&self.dir, self.pos.segment);
-        if self.file.is_none() {
-            match File::open(&path) {
-                Ok(f) => self.file = Some(f),
+        let file = match &mut self.file {
+            Some(f) => f,
+            slot => match File::open(&path) {
+                Ok(f) => slot.insert(f),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Deleted after import by an earlier run that stopped before recording the next position.
                     if self.pos.segment < last_segment {
@@ -368,10 +356,7 @@ impl Reader {
                     return Ok(None);
                 }
                 Err(e) => return Err(io_error("open", &path, &e)),
-            }
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Ok(None);
+            },
         };
         file.seek(SeekFrom::Start(self.pos.offset))
             .map_err(|e| io_error("read", &path, &e))?;
@@ -504,14 +489,20 @@ pub async fn adopt_orphans(root: &Path, own: Option<&str>, store: &Store) -> Res
         }
         total += n;
         fs::remove_dir_all(&dir).map_err(|e| io_error("remove", &dir, &e))?;
-        let mut forget = Sql::new("DELETE FROM audit_journal WHERE journal = ");
-        forget.bind(id.as_str());
-        let mut tx = store.begin_write().await?;
-        tx.execute(&forget).await?;
-        tx.commit().await?;
+        forget(store, &id).await?;
         drop(lock);
     }
     Ok(total)
+}
+
+/// Deletes the recorded position of a journal whose files are gone.
+async fn forget(store: &Store, journal: &str) -> Result<()> {
+    let mut sql = Sql::new("DELETE FROM audit_journal WHERE journal = ");
+    sql.bind(journal);
+    let mut tx = store.begin_write().await?;
+    tx.execute(&sql).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn import_orphan(dir: &Path, id: &str, store: &Store) -> Result<usize> {

@@ -285,7 +285,7 @@ impl AuditLog {
         workers.spawn(
             "audit-importer",
             crate::workers::Stage::AfterRequests,
-            // It beats after every import round (ten a second): a minute of failed imports makes the instance
+            // It beats after every import round (once a second): a minute of failed imports makes the instance
             // unready, since reads of the audit trail then fail too.
             Some(std::time::Duration::from_secs(60)),
             move |w| running.run_importer(store, w),

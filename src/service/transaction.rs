@@ -236,15 +236,8 @@ impl FhirService {
             .to_owned();
         let entries = parse_entries(&bundle_json, &self.base_url)?;
         // Reads of the audit trail see the events of every request answered before this one.
-        let reads_audit_trail = bundle_json
-            .get("entry")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.pointer("/request/url").and_then(Value::as_str))
-            .any(|url| url.trim_start_matches('/').starts_with("AuditEvent"));
-        if reads_audit_trail {
-            self.audit_visible("AuditEvent").await?;
+        if let Some(e) = entries.iter().find(|e| e.res_type == "AuditEvent") {
+            self.audit_visible(&e.res_type).await?;
         }
         match kind.as_str() {
             "transaction" => self.transaction(access, entries).await,

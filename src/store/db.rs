@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Sqlite, Transaction};
 
@@ -187,7 +187,7 @@ impl Db {
                 .max_connections(max_connections.max(1))
                 .connect_with(options.clone())
                 .await?;
-            if options.get_filename().to_str() == Some(":memory:") || url.contains("mode=memory") {
+            if sqlite_in_memory(&options, url) {
                 // Every connection to an in-memory database would open a database of its own.
                 return Ok(Db::Sqlite(read.into()));
             }
@@ -344,6 +344,12 @@ impl Db {
             Db::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Whether a SQLite URL (parsed as `options`) names an in-memory database rather than a file.
+pub fn sqlite_in_memory(options: &SqliteConnectOptions, url: &str) -> bool {
+    let name = options.get_filename().to_str().unwrap_or_default();
+    name.is_empty() || name == ":memory:" || url.contains("mode=memory")
 }
 
 /// How long a SQLite writer waits for the write lock.
@@ -556,6 +562,12 @@ pub enum Tx {
     PostgresSingle(PoolConnection<Postgres>),
 }
 
+/// The connection a [`Tx`] runs its statements on, whether in a transaction or not.
+enum Conn<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Postgres(&'a mut PgConnection),
+}
+
 impl Tx {
     pub fn backend(&self) -> Backend {
         match self {
@@ -564,25 +576,26 @@ impl Tx {
         }
     }
 
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Sqlite(tx, _) => Conn::Sqlite(tx),
+            Tx::SqliteSingle(conn) => Conn::Sqlite(conn),
+            Tx::Postgres(tx) => Conn::Postgres(tx),
+            Tx::PostgresSingle(conn) => Conn::Postgres(conn),
+        }
+    }
+
     /// Runs a statement, returning the number of rows it affected.
     pub async fn execute(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
         let text = sql.render(self.backend());
-        match self {
-            Tx::Sqlite(tx, _) => {
+        match self.conn() {
+            Conn::Sqlite(conn) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                Ok(q.execute(&mut **tx).await?.rows_affected())
+                Ok(q.execute(conn).await?.rows_affected())
             }
-            Tx::Postgres(tx) => {
+            Conn::Postgres(conn) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                Ok(q.execute(&mut **tx).await?.rows_affected())
-            }
-            Tx::SqliteSingle(conn) => {
-                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                Ok(q.execute(&mut **conn).await?.rows_affected())
-            }
-            Tx::PostgresSingle(conn) => {
-                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                Ok(q.execute(&mut **conn).await?.rows_affected())
+                Ok(q.execute(conn).await?.rows_affected())
             }
         }
     }
@@ -590,25 +603,15 @@ impl Tx {
     /// Runs a query and decodes each row's columns as `cols` says.
     pub async fn fetch(&mut self, sql: &Sql, cols: &[Col]) -> Result<Vec<Row>, sqlx::Error> {
         let text = sql.render(self.backend());
-        match self {
-            Tx::Sqlite(tx, _) => {
+        match self.conn() {
+            Conn::Sqlite(conn) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                let rows = q.fetch_all(&mut **tx).await?;
+                let rows = q.fetch_all(conn).await?;
                 rows.iter().map(|r| decode_sqlite(r, cols)).collect()
             }
-            Tx::Postgres(tx) => {
+            Conn::Postgres(conn) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                let rows = q.fetch_all(&mut **tx).await?;
-                rows.iter().map(|r| decode_pg(r, cols)).collect()
-            }
-            Tx::SqliteSingle(conn) => {
-                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                let rows = q.fetch_all(&mut **conn).await?;
-                rows.iter().map(|r| decode_sqlite(r, cols)).collect()
-            }
-            Tx::PostgresSingle(conn) => {
-                let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                let rows = q.fetch_all(&mut **conn).await?;
+                let rows = q.fetch_all(conn).await?;
                 rows.iter().map(|r| decode_pg(r, cols)).collect()
             }
         }
