@@ -5,6 +5,7 @@
 //! primitive extensions are untouched); only `id`, `meta.versionId` and `meta.lastUpdated` are the server's.
 
 pub mod audit;
+pub mod batch;
 pub mod db;
 pub mod search_sql;
 
@@ -83,10 +84,12 @@ impl Method {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub db: Db,
+    /// Reads by id outside a transaction, answered together (see [`batch`]).
+    reads: std::sync::Arc<batch::ReadBatcher>,
 }
 
-const RESOURCE_COLS: &str = "pk, res_type, id, version, last_updated, deleted, content";
-const RESOURCE_KINDS: &[Col] = &[
+pub(crate) const RESOURCE_COLS: &str = "pk, res_type, id, version, last_updated, deleted, content";
+pub(crate) const RESOURCE_KINDS: &[Col] = &[
     Col::Int,
     Col::Text,
     Col::Text,
@@ -143,7 +146,10 @@ pub fn stamp(resource: &mut Value, id: &str, version: i64, last_updated: i64) {
 
 impl Store {
     pub fn new(db: Db) -> Store {
-        Store { db }
+        Store {
+            db,
+            reads: std::sync::Arc::new(batch::ReadBatcher::new(batch::READ_LANES)),
+        }
     }
 
     pub async fn begin_read(&self) -> Result<Tx> {
@@ -176,12 +182,7 @@ impl Store {
 
     /// The current row of a resource, read outside any transaction (one statement, one round trip).
     pub async fn current_direct(&self, res_type: &str, id: &str) -> Result<Option<StoredResource>> {
-        let mut sql = Sql::new(&format!(
-            "SELECT {RESOURCE_COLS} FROM resources WHERE res_type = "
-        ));
-        sql.bind(res_type).push(" AND id = ").bind(id);
-        let rows = self.db.fetch(&sql, RESOURCE_KINDS).await?;
-        Ok(rows.into_iter().next().map(resource_from_row))
+        self.reads.read(&self.db, res_type, id).await
     }
 
     /// The current row of a resource, locked against concurrent writers until the transaction ends (PostgreSQL
