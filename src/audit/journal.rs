@@ -384,15 +384,13 @@ impl Reader {
             }
             return Ok(None);
         }
-        let (batch, count) = batch_of_lines(&buf[..complete], &path);
+        let rows = rows_of_lines(&buf[..complete], &path);
         let next = Pos {
             segment: self.pos.segment,
             offset: self.pos.offset + complete as u64,
         };
         let mut tx = store.begin_write().await?;
-        if count > 0 {
-            store.append_audit_lines(&mut tx, &batch).await?;
-        }
+        store.append_audit(&mut tx, &rows).await?;
         let mut progress =
             Sql::new("INSERT INTO audit_journal (journal, segment, byte_offset) VALUES (");
         progress
@@ -407,52 +405,27 @@ impl Reader {
         tx.execute(&progress).await?;
         tx.commit().await?;
         self.pos = next;
-        Ok(Some(count))
+        Ok(Some(rows.len()))
     }
 }
 
-/// The JSON array of the well-formed lines among `bytes`, and how many there are; a malformed line (which only a
-/// damaged file can hold) is logged and left out rather than blocking every line after it.
-fn batch_of_lines(bytes: &[u8], path: &Path) -> (String, usize) {
-    let mut batch = String::with_capacity(bytes.len() + 2);
-    batch.push('[');
-    let mut count = 0;
+/// The events of the well-formed lines among `bytes`; a malformed line (which only a damaged file can hold) is
+/// logged and left out rather than blocking every line after it.
+fn rows_of_lines(bytes: &[u8], path: &Path) -> Vec<AuditRow> {
+    let mut rows = Vec::new();
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let well_formed = std::str::from_utf8(line)
+        match std::str::from_utf8(line)
             .ok()
-            .filter(|text| serde_json::from_str::<LineShape>(text).is_ok());
-        match well_formed {
-            Some(text) => {
-                if count > 0 {
-                    batch.push(',');
-                }
-                batch.push_str(text);
-                count += 1;
-            }
+            .and_then(|text| AuditRow::from_line(text).ok())
+        {
+            Some(row) => rows.push(row),
             None => {
                 tracing::error!(segment = %path.display(), line = %String::from_utf8_lossy(line), "audit journal: skipping a malformed line");
             }
         }
     }
-    batch.push(']');
-    (batch, count)
+    rows
 }
-
-/// What a journal line must look like to be imported (checked without copying its strings).
-#[derive(serde::Deserialize)]
-#[allow(dead_code)]
-struct LineShape(
-    serde::de::IgnoredAny,
-    i64,
-    serde::de::IgnoredAny,
-    serde::de::IgnoredAny,
-    serde::de::IgnoredAny,
-    serde::de::IgnoredAny,
-    serde::de::IgnoredAny,
-    serde::de::IgnoredAny,
-    serde::de::IgnoredAny,
-    Vec<(serde::de::IgnoredAny, serde::de::IgnoredAny)>,
-);
 
 /// Imports and removes every journal under `root` whose process is gone (its lock can be taken), except `own`.
 pub async fn adopt_orphans(root: &Path, own: Option<&str>, store: &Store) -> Result<usize> {

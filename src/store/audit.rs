@@ -15,7 +15,7 @@ use crate::fhir::search::{
     TotalMode,
 };
 
-use super::db::{Backend, Col, Sql, Tx};
+use super::db::{Backend, Col, Sql, Tx, Val};
 use super::search_sql::{SearchPage, date_condition, escape_like, keyset_condition, page_cursors};
 use super::{Store, StoredResource, stamp};
 
@@ -110,7 +110,7 @@ impl AuditRow {
 
     /// The event as one line of JSON (no line breaks: JSON escapes them inside strings): an array of id, recorded,
     /// type system and code, subtype system and code, action, outcome, the event's text and its `[param, target]`
-    /// references. The audit journal stores these lines; [`Store::append_audit_lines`] takes an array of them.
+    /// references. The audit journal stores these lines; [`AuditRow::from_line`] reads them back.
     pub fn line(&self) -> Result<String> {
         Ok(serde_json::to_string(&(
             &self.id,
@@ -124,6 +124,61 @@ impl AuditRow {
             &self.content,
             &self.refs,
         ))?)
+    }
+}
+
+/// A journal line as [`AuditRow::line`] writes it.
+#[derive(serde::Deserialize)]
+struct Line(
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Vec<(String, String)>,
+);
+
+impl AuditRow {
+    /// The event a journal line ([`AuditRow::line`]) holds; an error for a line of any other shape (which only a
+    /// damaged file can hold).
+    pub fn from_line(text: &str) -> Result<AuditRow> {
+        let Line(
+            id,
+            recorded,
+            type_system,
+            type_code,
+            subtype_system,
+            subtype_code,
+            action,
+            outcome,
+            content,
+            refs,
+        ) = serde_json::from_str(text)?;
+        let refs = refs
+            .into_iter()
+            .filter_map(|(param, target)| {
+                REF_PARAMS
+                    .iter()
+                    .find(|p| **p == param)
+                    .map(|p| (*p, target))
+            })
+            .collect();
+        Ok(AuditRow {
+            id,
+            recorded,
+            type_system,
+            type_code,
+            subtype_system,
+            subtype_code,
+            action,
+            outcome,
+            refs,
+            content,
+        })
     }
 }
 
@@ -369,77 +424,137 @@ fn where_clause(q: &SearchQuery) -> Result<Sql> {
     Ok(sql)
 }
 
-/// The SQL statements that append a batch of encoded events (see [`AuditRow::line`]) given as one JSON array
-/// parameter: their text never changes, so each database prepares them once (multi-row `VALUES` lists differ with
-/// every batch size, and preparing them cost more than inserting).
-fn append_statements(postgres: bool, batch: &str) -> Vec<Sql> {
+/// The PostgreSQL statement that appends a batch of encoded events (see [`AuditRow::line`]) given as one JSON array
+/// parameter: its text never changes, so the database prepares it once.
+fn append_statement_postgres(batch: &str) -> Sql {
     // Element `n` of an event `v` of the array (`recorded` is a number; element 9 the references).
     let el = "v.value ->> ";
-    let (array, recorded, cast, refs_of) = if postgres {
-        (
-            "jsonb_array_elements(",
-            format!("({el}1)::bigint"),
-            "::jsonb",
-            "jsonb_array_elements(v.value -> 9) r",
-        )
-    } else {
-        (
-            "json_each(",
-            format!("{el}1"),
-            "",
-            "json_each(v.value, '$[9]') r",
-        )
-    };
     let insert_events = format!(
         "INSERT INTO audit_events (id, recorded, type_system, type_code, subtype_system, subtype_code, action, \
-         outcome, content) SELECT {el}0, {recorded}, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM {array}"
+         outcome, content) SELECT {el}0, ({el}1)::bigint, {el}2, {el}3, {el}4, {el}5, {el}6, {el}7, {el}8 FROM \
+         jsonb_array_elements("
     );
-    let insert_refs = "INSERT INTO audit_event_refs (param, target, event_pk) SELECT r.value ->> 0, r.value ->> 1, e.pk FROM ";
-    if postgres {
-        // One statement: the references join the keys the insert returns, never the whole table (whose
-        // statistics lag behind while it grows fast).
-        // The batch is sent once and read twice (`$1`, the statement's only parameter): PostgreSQL connections
-        // run without TCP_NODELAY, and a message past one loopback segment (64 KB) waited for a delayed ACK.
-        let mut sql = Sql::new(&format!("WITH e AS ({insert_events}"));
-        sql.bind(batch).push(&format!(
-            "{cast}) v RETURNING pk, id) {insert_refs}{array}$1{cast}) v CROSS JOIN LATERAL {refs_of} \
-             JOIN e ON e.id = {el}0"
-        ));
-        return vec![sql];
-    }
-    // SQLite: the references look each event's key up by its id (unique index).
-    let mut events = Sql::new(&insert_events);
-    events.bind(batch).push(") v");
-    let mut refs = Sql::new(&format!("{insert_refs}{array}"));
-    refs.bind(batch).push(&format!(
-        ") v JOIN {refs_of} JOIN audit_events e ON e.id = {el}0"
+    // One statement: the references join the keys the insert returns, never the whole table (whose statistics lag
+    // behind while it grows fast). The batch is sent once and read twice (`$1`, the statement's only parameter):
+    // PostgreSQL connections run without TCP_NODELAY, and a message past one loopback segment (64 KB) waited for a
+    // delayed ACK.
+    let mut sql = Sql::new(&format!("WITH e AS ({insert_events}"));
+    sql.bind(batch).push(&format!(
+        "::jsonb) v RETURNING pk, id) INSERT INTO audit_event_refs (param, target, event_pk) \
+         SELECT r.value ->> 0, r.value ->> 1, e.pk FROM jsonb_array_elements($1::jsonb) v \
+         CROSS JOIN LATERAL jsonb_array_elements(v.value -> 9) r JOIN e ON e.id = {el}0"
     ));
-    vec![events, refs]
+    sql
 }
 
-/// The largest batch of encoded events sent in one statement: on PostgreSQL one message must stay within a
-/// loopback TCP segment (connections run without TCP_NODELAY, and a longer message waited for a delayed ACK).
+/// `items` in runs whose lengths are powers of two, at most `max` (a power of two) each: multi-row statements then
+/// come in a handful of shapes that each connection prepares once.
+fn power_of_two_runs<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = if items.len() >= max {
+            max
+        } else {
+            1 << items.len().ilog2()
+        };
+        let (run, rest) = items.split_at(n);
+        items = rest;
+        Some(run)
+    })
+}
+
+/// SQLite: events as multi-row `INSERT`s with every value bound, then their references. The caller's write
+/// transaction holds SQLite's write lock from its start (`BEGIN IMMEDIATE`), so the events' keys can be numbered on
+/// from the largest one and the references written with them, without looking each event up again by its id.
+async fn append_sqlite(tx: &mut Tx, rows: &[AuditRow]) -> Result<()> {
+    let last = tx
+        .fetch(
+            &Sql::new("SELECT COALESCE(MAX(pk), 0) FROM audit_events"),
+            &[Col::Int],
+        )
+        .await?
+        .into_iter()
+        .next()
+        .map_or(0, |row| row.int(0));
+    let opt = |v: &Option<String>| v.as_deref().map_or(Val::Null, Val::from);
+    let mut next_pk = last;
+    for run in power_of_two_runs(rows, 64) {
+        let mut sql = Sql::new(
+            "INSERT INTO audit_events (pk, id, recorded, type_system, type_code, subtype_system, subtype_code, \
+             action, outcome, content) VALUES ",
+        );
+        for (i, r) in run.iter().enumerate() {
+            next_pk += 1;
+            sql.push(if i == 0 { "(" } else { ", (" })
+                .bind(next_pk)
+                .push(", ")
+                .bind(r.id.as_str())
+                .push(", ")
+                .bind(r.recorded)
+                .push(", ")
+                .bind(opt(&r.type_system))
+                .push(", ")
+                .bind(opt(&r.type_code))
+                .push(", ")
+                .bind(opt(&r.subtype_system))
+                .push(", ")
+                .bind(opt(&r.subtype_code))
+                .push(", ")
+                .bind(opt(&r.action))
+                .push(", ")
+                .bind(opt(&r.outcome))
+                .push(", ")
+                .bind(r.content.as_str())
+                .push(")");
+        }
+        tx.execute(&sql).await?;
+    }
+    let refs: Vec<(&str, &str, i64)> = rows
+        .iter()
+        .zip(last + 1..)
+        .flat_map(|(r, pk)| {
+            r.refs
+                .iter()
+                .map(move |(param, target)| (*param, target.as_str(), pk))
+        })
+        .collect();
+    for run in power_of_two_runs(&refs, 128) {
+        let mut sql = Sql::new("INSERT INTO audit_event_refs (param, target, event_pk) VALUES ");
+        for (i, (param, target, pk)) in run.iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" })
+                .bind(*param)
+                .push(", ")
+                .bind(*target)
+                .push(", ")
+                .bind(*pk)
+                .push(")");
+        }
+        tx.execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// The most bytes of encoded events the audit journal imports in one transaction. On PostgreSQL that is one
+/// statement, whose message must stay within a loopback TCP segment (connections run without TCP_NODELAY, and a
+/// longer message waited for a delayed ACK). On SQLite every commit empties the other connections' page caches, so
+/// fewer, larger transactions serve the readers better.
 pub fn max_batch_bytes(backend: Backend) -> usize {
     match backend {
         Backend::Postgres => 60 * 1024,
-        Backend::Sqlite => 1024 * 1024,
+        Backend::Sqlite => 4 * 1024 * 1024,
     }
 }
 
 impl Store {
-    /// Appends events: `batch` is a JSON array of [`AuditRow::line`]s. Two statements (one on PostgreSQL) whatever
-    /// the number of events.
-    pub async fn append_audit_lines(&self, tx: &mut Tx, batch: &str) -> Result<()> {
-        for sql in append_statements(tx.backend() == Backend::Postgres, batch) {
-            tx.execute(&sql).await?;
-        }
-        Ok(())
-    }
-
-    /// Appends events (the group-commit writer).
+    /// Appends events (the group-commit writer and the audit journal's importer).
     pub async fn append_audit(&self, tx: &mut Tx, rows: &[AuditRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
+        }
+        if tx.backend() == Backend::Sqlite {
+            return append_sqlite(tx, rows).await;
         }
         let limit = max_batch_bytes(tx.backend());
         let mut batch = String::from("[");
@@ -447,7 +562,7 @@ impl Store {
             let line = r.line()?;
             if batch.len() > 1 && batch.len() + line.len() + 2 > limit {
                 batch.push(']');
-                self.append_audit_lines(tx, &batch).await?;
+                tx.execute(&append_statement_postgres(&batch)).await?;
                 batch = String::from("[");
             }
             if batch.len() > 1 {
@@ -456,7 +571,8 @@ impl Store {
             batch.push_str(&line);
         }
         batch.push(']');
-        self.append_audit_lines(tx, &batch).await
+        tx.execute(&append_statement_postgres(&batch)).await?;
+        Ok(())
     }
 
     /// Runs an AuditEvent search: one page, keyset-paged on `recorded` (when sorted by date) and the event key.
@@ -559,6 +675,36 @@ impl Store {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn runs_are_powers_of_two_and_cover_everything_in_order() {
+        let items: Vec<u32> = (0..203).collect();
+        let runs: Vec<&[u32]> = power_of_two_runs(&items, 64).collect();
+        let lengths: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+        assert_eq!(lengths, [64, 64, 64, 8, 2, 1]);
+        assert_eq!(runs.concat(), items);
+        assert_eq!(power_of_two_runs(&items[..0], 64).count(), 0);
+    }
+
+    #[test]
+    fn a_journal_line_reads_back_as_the_row_it_came_from() {
+        let row = AuditRow::new(json!({
+            "resourceType": "AuditEvent",
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+            "action": "R",
+            "recorded": "2026-01-02T03:04:05Z",
+            "outcome": "0",
+            "outcomeDesc": "a \"quoted\"\nline",
+            "agent": [{"who": {"reference": "Practitioner/p1"}, "requestor": true}],
+            "entity": [{"what": {"reference": "Patient/x"}}],
+        }))
+        .unwrap();
+        let back = AuditRow::from_line(&row.line().unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{row:?}"));
+        assert!(AuditRow::from_line("[\"id\", \"not a number\"]").is_err());
+        assert!(AuditRow::from_line("not json").is_err());
+    }
 
     #[test]
     fn an_event_row_carries_its_search_columns_and_references() {
