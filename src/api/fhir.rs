@@ -10,7 +10,7 @@ use super::AppState;
 use super::audit::AuditInfo;
 use super::response::{
     Return, json_response, json_text_response, negotiate, parse_json, prefer_return, prefer_strict,
-    read_body, resource_response, write_response,
+    read_body, resource_response, resource_response_owned, write_response,
 };
 use crate::audit::{patients_of, patients_of_text};
 use crate::auth::access::Access;
@@ -23,10 +23,20 @@ use crate::store::StoredResource;
 
 /// Tells the audit trail which patients a response concerns.
 fn audited(
-    mut resp: HttpResponse,
+    resp: HttpResponse,
     resources: &[&StoredResource],
     interaction: Option<&'static str>,
 ) -> HttpResponse {
+    with_audit_info(resp, audit_info(resources, interaction))
+}
+
+fn with_audit_info(mut resp: HttpResponse, info: AuditInfo) -> HttpResponse {
+    resp.extensions_mut().insert(info);
+    resp
+}
+
+/// Which patients `resources` concern, for the audit trail.
+fn audit_info(resources: &[&StoredResource], interaction: Option<&'static str>) -> AuditInfo {
     let mut patients: Vec<String> = resources
         .iter()
         .filter_map(|r| {
@@ -38,11 +48,10 @@ fn audited(
         .collect();
     patients.sort();
     patients.dedup();
-    resp.extensions_mut().insert(AuditInfo {
+    AuditInfo {
         patients,
         interaction,
-    });
-    resp
+    }
 }
 
 /// The response to a create or update, with the patients it concerns for the audit trail.
@@ -119,10 +128,10 @@ pub async fn read(
             .insert_header((header::ETAG, r.etag()))
             .finish());
     }
-    Ok(audited(
-        resource_response(&req, StatusCode::OK, &r),
-        &[&r],
-        None,
+    let info = audit_info(&[&r], None);
+    Ok(with_audit_info(
+        resource_response_owned(&req, StatusCode::OK, r),
+        info,
     ))
 }
 

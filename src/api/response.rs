@@ -246,18 +246,39 @@ pub fn resource_response(
     status: StatusCode,
     r: &StoredResource,
 ) -> HttpResponse {
+    let body = if pretty(req) {
+        pretty_text(r)
+    } else {
+        r.content.clone().unwrap_or_default()
+    };
+    resource_response_with(status, r, body)
+}
+
+/// [`resource_response`] for a resource no longer needed: its stored text becomes the body without a copy.
+pub fn resource_response_owned(
+    req: &HttpRequest,
+    status: StatusCode,
+    mut r: StoredResource,
+) -> HttpResponse {
+    let body = if pretty(req) {
+        pretty_text(&r)
+    } else {
+        r.content.take().unwrap_or_default()
+    };
+    resource_response_with(status, &r, body)
+}
+
+fn pretty_text(r: &StoredResource) -> String {
+    r.json()
+        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn resource_response_with(status: StatusCode, r: &StoredResource, body: String) -> HttpResponse {
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CONTENT_TYPE, FHIR_JSON))
         .insert_header((header::ETAG, r.etag()))
         .insert_header((header::LAST_MODIFIED, http_date(r.last_updated)));
-    let body = match (&r.content, pretty(req)) {
-        (Some(c), false) => c.clone(),
-        (Some(_), true) => r
-            .json()
-            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-            .unwrap_or_default(),
-        (None, _) => String::new(),
-    };
     resp.body(body)
 }
 
