@@ -234,8 +234,9 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// Registers every route on `cfg` (each one listed in [`ROUTES`]). Paths with a fixed segment come before the patterns they would otherwise match.
+/// The router tries resources in this order, each pattern with a regular expression: the FHIR routes, by far the
+/// busiest, come first, and the KAP API (which no `/fhir` path can match) last.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    kap::routes(cfg);
     let na = || web::route().to(fhir::method_not_allowed);
     cfg.service(
         web::resource("/health/live")
@@ -417,6 +418,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(fhir::vread))
             .default_service(na()),
     );
+    kap::routes(cfg);
 }
 
 /// The application, as a pure function of its state.
