@@ -9,7 +9,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 
 use super::AppState;
-use crate::audit::{AuditRecord, audit_event};
+use crate::audit::{AuditRecord, audit_row};
 use crate::auth::access::Access;
 use crate::error::Error;
 
@@ -93,9 +93,9 @@ pub async fn audit_requests(
         parameter_names,
         status: res.status().as_u16(),
     };
-    let event = audit_event(access.as_ref(), None, &record);
+    let row = audit_row(access.as_ref(), None, &record)?;
     let span = tracing::info_span!("audit.write", fhir.interaction = record.interaction);
-    if let Err(e) = tracing::Instrument::instrument(state.audit.record(event), span).await {
+    if let Err(e) = tracing::Instrument::instrument(state.audit.record_row(row), span).await {
         // Nothing leaves unaudited: the caller gets a 500 instead of the data.
         let e: Error = e;
         return Err(e.into());

@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::audit::{AuditRecord, audit_event};
+use crate::audit::{AuditRecord, audit_row};
 use crate::auth::access::Access;
 use crate::auth::pages::{self, PAGE_HEADERS, Page};
 use crate::auth::registry::Registry;
@@ -279,8 +279,11 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         parameter_names: vec![format!("grant_type={grant_type}")],
         status,
     };
-    let event = audit_event(None, Some(&claimed_client(&form, &req)), &record);
-    if let Err(e) = state.audit.record(event).await {
+    let recorded = match audit_row(None, Some(&claimed_client(&form, &req)), &record) {
+        Ok(row) => state.audit.record_row(row).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
         tracing::error!(error = %e, "could not audit a token request");
         return oauth_error(&OAuthError::server_error());
     }

@@ -32,15 +32,15 @@ const REF_PARAMS: &[&str] = &["patient", "agent", "entity"];
 pub struct AuditRow {
     pub id: String,
     pub recorded: i64,
-    type_system: Option<String>,
-    type_code: Option<String>,
-    subtype_system: Option<String>,
-    subtype_code: Option<String>,
-    action: Option<String>,
-    outcome: Option<String>,
-    /// (param, `Type/id`).
-    refs: Vec<(&'static str, String)>,
-    content: String,
+    pub(crate) type_system: Option<String>,
+    pub(crate) type_code: Option<String>,
+    pub(crate) subtype_system: Option<String>,
+    pub(crate) subtype_code: Option<String>,
+    pub(crate) action: Option<String>,
+    pub(crate) outcome: Option<String>,
+    /// (param, `Type/id`), sorted, without repeats.
+    pub(crate) refs: Vec<(&'static str, String)>,
+    pub(crate) content: String,
 }
 
 fn text_at(v: &Value, pointer: &str) -> Option<String> {
@@ -52,12 +52,41 @@ fn text_at(v: &Value, pointer: &str) -> Option<String> {
 /// `Type/id` of a relative reference (the gateway writes only those); anything else is not searchable by it.
 fn relative_reference(v: &Value) -> Option<String> {
     let r = v.get("reference")?.as_str()?;
-    let (t, id) = r.split_once('/')?;
-    (!t.is_empty()
-        && !id.is_empty()
-        && !id.contains('/')
-        && t.chars().all(|c| c.is_ascii_alphabetic()))
-    .then(|| r.to_owned())
+    is_relative_reference(r).then(|| r.to_owned())
+}
+
+/// Whether `r` is a relative reference `Type/id`.
+pub(crate) fn is_relative_reference(r: &str) -> bool {
+    r.split_once('/').is_some_and(|(t, id)| {
+        !t.is_empty()
+            && !id.is_empty()
+            && !id.contains('/')
+            && t.chars().all(|c| c.is_ascii_alphabetic())
+    })
+}
+
+impl AuditRow {
+    /// An event's row from its parts: the event's time-ordered id for `recorded` (see [`AuditRow::new`]), and its
+    /// references as `(param, Type/id)` (a Patient reference is also a `patient` reference).
+    pub(crate) fn event_id(recorded: i64) -> String {
+        format!(
+            "{:014x}-{}",
+            recorded.max(0),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    }
+
+    /// Adds a reference under `param`, and under `patient` as well when it is a Patient's.
+    pub(crate) fn add_ref(
+        refs: &mut Vec<(&'static str, String)>,
+        param: &'static str,
+        target: String,
+    ) {
+        if target.starts_with("Patient/") {
+            refs.push(("patient", target.clone()));
+        }
+        refs.push((param, target));
+    }
 }
 
 impl AuditRow {
@@ -69,27 +98,17 @@ impl AuditRow {
             .and_then(Value::as_str)
             .and_then(parse_range)
             .map_or_else(now_micros, |r| r.lo);
-        let id = format!(
-            "{:014x}-{}",
-            recorded.max(0),
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let id = AuditRow::event_id(recorded);
         stamp(&mut event, &id, 1, recorded);
         let mut refs: Vec<(&'static str, String)> = Vec::new();
-        let mut add = |param: &'static str, target: String| {
-            if target.starts_with("Patient/") {
-                refs.push(("patient", target.clone()));
-            }
-            refs.push((param, target));
-        };
         for agent in event["agent"].as_array().into_iter().flatten() {
             if let Some(r) = relative_reference(&agent["who"]) {
-                add("agent", r);
+                AuditRow::add_ref(&mut refs, "agent", r);
             }
         }
         for entity in event["entity"].as_array().into_iter().flatten() {
             if let Some(r) = relative_reference(&entity["what"]) {
-                add("entity", r);
+                AuditRow::add_ref(&mut refs, "entity", r);
             }
         }
         refs.sort();
