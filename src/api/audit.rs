@@ -95,7 +95,7 @@ pub async fn audit_requests(
     };
     let row = audit_row(access.as_ref(), None, &record)?;
     let span = tracing::info_span!("audit.write", fhir.interaction = record.interaction);
-    if let Err(e) = tracing::Instrument::instrument(state.audit.record_row(row), span).await {
+    if let Err(e) = tracing::Instrument::instrument(state.audit.record(row), span).await {
         // Nothing leaves unaudited: the caller gets a 500 instead of the data.
         let e: Error = e;
         return Err(e.into());

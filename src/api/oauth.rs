@@ -280,7 +280,7 @@ pub async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
         status,
     };
     let recorded = match audit_row(None, Some(&claimed_client(&form, &req)), &record) {
-        Ok(row) => state.audit.record_row(row).await,
+        Ok(row) => state.audit.record(row).await,
         Err(e) => Err(e),
     };
     if let Err(e) = recorded {

@@ -6,9 +6,11 @@
 //! enough. They are served read-only at `/fhir/AuditEvent`: read, vread of version 1, and search on
 //! [`SEARCH_PARAMS`]; their history is empty.
 
+#[cfg(test)]
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+#[cfg(test)]
 use crate::fhir::datetime::{now_micros, parse_range};
 use crate::fhir::search::{
     Criterion, Direction, KeyValue, Modifier, SearchQuery, SearchValue, Target, TokenSystem,
@@ -17,7 +19,7 @@ use crate::fhir::search::{
 
 use super::db::{Backend, Col, Sql, Tx, Val};
 use super::search_sql::{SearchPage, date_condition, escape_like, keyset_condition, page_cursors};
-use super::{Store, StoredResource, stamp};
+use super::{Store, StoredResource};
 
 /// The AuditEvent search parameters served (besides `_id` and `_lastUpdated`); the CapabilityStatement claims these.
 pub const SEARCH_PARAMS: &[&str] = &[
@@ -43,31 +45,8 @@ pub struct AuditRow {
     pub(crate) content: String,
 }
 
-fn text_at(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
-/// `Type/id` of a relative reference (the gateway writes only those); anything else is not searchable by it.
-fn relative_reference(v: &Value) -> Option<String> {
-    let r = v.get("reference")?.as_str()?;
-    is_relative_reference(r).then(|| r.to_owned())
-}
-
-/// Whether `r` is a relative reference `Type/id`.
-pub(crate) fn is_relative_reference(r: &str) -> bool {
-    r.split_once('/').is_some_and(|(t, id)| {
-        !t.is_empty()
-            && !id.is_empty()
-            && !id.contains('/')
-            && t.chars().all(|c| c.is_ascii_alphabetic())
-    })
-}
-
 impl AuditRow {
-    /// An event's row from its parts: the event's time-ordered id for `recorded` (see [`AuditRow::new`]), and its
-    /// references as `(param, Type/id)` (a Patient reference is also a `patient` reference).
+    /// The event's id for `recorded`: time-ordered, so that the id index grows at its end.
     pub(crate) fn event_id(recorded: i64) -> String {
         format!(
             "{:014x}-{}",
@@ -76,12 +55,22 @@ impl AuditRow {
         )
     }
 
-    /// Adds a reference under `param`, and under `patient` as well when it is a Patient's.
+    /// Adds `target` as a reference under `param` (and under `patient` as well when it is a Patient's), if it is a
+    /// relative reference `Type/id` (the gateway writes only those); anything else is not searchable by it.
     pub(crate) fn add_ref(
         refs: &mut Vec<(&'static str, String)>,
         param: &'static str,
         target: String,
     ) {
+        let relative = target.split_once('/').is_some_and(|(t, id)| {
+            !t.is_empty()
+                && !id.is_empty()
+                && !id.contains('/')
+                && t.chars().all(|c| c.is_ascii_alphabetic())
+        });
+        if !relative {
+            return;
+        }
         if target.starts_with("Patient/") {
             refs.push(("patient", target.clone()));
         }
@@ -89,25 +78,33 @@ impl AuditRow {
     }
 }
 
+#[cfg(test)]
 impl AuditRow {
-    /// Gives the event an id (time-ordered, so that the id index grows at its end), `meta.versionId` 1 and
-    /// `meta.lastUpdated` = `recorded`, and takes out its search columns.
+    /// The row of any AuditEvent given as JSON: gives it an id ([`AuditRow::event_id`]), `meta.versionId` 1 and
+    /// `meta.lastUpdated` = `recorded`, and takes out its search columns. The gateway writes its events with
+    /// `crate::audit::audit_row`; tests make rows of arbitrary events with this.
     pub fn new(mut event: Value) -> Result<AuditRow> {
+        let text_at = |v: &Value, pointer: &str| {
+            v.pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let reference = |v: &Value| v.get("reference")?.as_str().map(str::to_owned);
         let recorded = event
             .get("recorded")
             .and_then(Value::as_str)
             .and_then(parse_range)
             .map_or_else(now_micros, |r| r.lo);
         let id = AuditRow::event_id(recorded);
-        stamp(&mut event, &id, 1, recorded);
+        super::stamp(&mut event, &id, 1, recorded);
         let mut refs: Vec<(&'static str, String)> = Vec::new();
         for agent in event["agent"].as_array().into_iter().flatten() {
-            if let Some(r) = relative_reference(&agent["who"]) {
+            if let Some(r) = reference(&agent["who"]) {
                 AuditRow::add_ref(&mut refs, "agent", r);
             }
         }
         for entity in event["entity"].as_array().into_iter().flatten() {
-            if let Some(r) = relative_reference(&entity["what"]) {
+            if let Some(r) = reference(&entity["what"]) {
                 AuditRow::add_ref(&mut refs, "entity", r);
             }
         }
@@ -126,7 +123,9 @@ impl AuditRow {
             content: serde_json::to_string(&event)?,
         })
     }
+}
 
+impl AuditRow {
     /// The event as one line of JSON (no line breaks: JSON escapes them inside strings): an array of id, recorded,
     /// type system and code, subtype system and code, action, outcome, the event's text and its `[param, target]`
     /// references. The audit journal stores these lines; [`AuditRow::from_line`] reads them back.
