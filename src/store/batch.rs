@@ -3,7 +3,7 @@
 //! A read by id is the commonest request an EHR or app makes, and on its own it is a tiny statement. What it costs on
 //! SQLite is the trip to the database: sqlx runs each SQLite connection on a thread of its own, so every statement is
 //! handed to that thread and its rows handed back (two thread wake-ups). Under load, reads therefore queue here (the
-//! store uses this on SQLite only; see `Store::current_direct`), and a few *lanes* (at most [`ReadBatcher::lanes`] at a time,
+//! store uses this on SQLite only; see `Store::current_direct`), and a few *lanes* (at most [`READ_LANES`] at a time,
 //! each a task of its own) take everything queued, up to [`MAX_BATCH`] reads, and fetch it with one
 //! `res_type = ? AND id IN (…)` statement per resource type. A read that finds a lane free starts one at once, so a
 //! lone read waits for nothing; the busier the gateway, the more each statement carries.
@@ -65,10 +65,6 @@ impl ReadBatcher {
             queue: Mutex::new(Queue::default()),
             lanes: lanes.max(1),
         }
-    }
-
-    pub fn lanes(&self) -> usize {
-        self.lanes
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
