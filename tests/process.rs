@@ -222,6 +222,20 @@ impl Gateway {
         None
     }
 
+    /// `Bundle.total` of the search `query` (after `/fhir/`), which must answer 200.
+    async fn count(&self, token: &str, query: &str) -> usize {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/fhir/{query}", self.address))
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()["total"]
+            .as_u64()
+            .unwrap() as usize
+    }
+
     fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
@@ -650,20 +664,14 @@ async fn shutdown_under_load(signal: &str) {
     let gw = Gateway::start_in(gw.dir.take().unwrap(), &[]);
     let token = gw.token(reqwest::header::HeaderMap::new()).await;
     for value in unanswered {
-        let found: Value = reqwest::Client::new()
-            .get(format!(
-                "{}/fhir/Patient?identifier=urn:load|{value}&_summary=count",
-                gw.address
-            ))
-            .header("Authorization", format!("Bearer {token}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let found = gw
+            .count(
+                &token,
+                &format!("Patient?identifier=urn:load|{value}&_summary=count"),
+            )
+            .await;
         assert_eq!(
-            found["total"], 0,
+            found, 0,
             "the unanswered create {value} was carried out: {outcomes:?}"
         );
     }
@@ -707,24 +715,10 @@ async fn every_request_answered_before_a_crash_is_in_the_audit_trail_after_resta
 
     let gw = Gateway::start_in(dir, &[]);
     let token = gw.token(reqwest::header::HeaderMap::new()).await;
-    let client = reqwest::Client::new();
-    let count = |query: &'static str| {
-        let (client, token, address) = (client.clone(), token.clone(), gw.address.clone());
-        async move {
-            let resp = client
-                .get(format!("{address}/fhir/{query}"))
-                .header("Authorization", format!("Bearer {token}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.json::<Value>().await.unwrap()["total"]
-                .as_u64()
-                .unwrap() as usize
-        }
-    };
-    let created = count("Patient?_summary=count").await;
-    let audited = count("AuditEvent?subtype=create&_summary=count").await;
+    let created = gw.count(&token, "Patient?_summary=count").await;
+    let audited = gw
+        .count(&token, "AuditEvent?subtype=create&_summary=count")
+        .await;
     assert!(
         created >= answered,
         "{created} Patients stored, {answered} creates answered"
