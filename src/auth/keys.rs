@@ -394,11 +394,9 @@ mod tests {
         // A ring without a database behind it is enough for signing and verifying.
         let (kid, der, _) = generate().unwrap();
         let key = load_key(kid, &STANDARD.encode(&der), false, None).unwrap();
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .connect_lazy("sqlite::memory:")
-            .unwrap();
+        let options = "sqlite::memory:".parse().unwrap();
         KeyRing {
-            db: Db::Sqlite(pool.into()),
+            db: Db::Sqlite(crate::store::db::SqlitePools::single(options)),
             keys: Arc::new(RwLock::new(vec![key])),
         }
     }

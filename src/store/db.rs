@@ -9,10 +9,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Row as _, SqlSafeStr, Transaction};
+
+use super::sqlite_pool::{SqliteConn, SqliteConnPool};
 
 /// Binds every value of a `Sql` to a query, in order.
 macro_rules! bind_all {
@@ -55,16 +56,19 @@ pub enum Db {
 
 /// SQLite: readers share a pool; every write transaction runs on one connection of its own. SQLite has one writer
 /// at a time anyway, and a single write connection keeps the pages that writes touch (index interiors, the ends
-/// of growing tables) in one warm cache, and the memory a large transaction needs in one place.
+/// of growing tables) in one warm cache, and the memory a large transaction needs in one place. The pools are the
+/// gateway's own ([`SqliteConnPool`]), not sqlx's: see that module for why.
 #[derive(Clone, Debug)]
 pub struct SqlitePools {
-    read: SqlitePool,
-    write: SqlitePool,
+    read: SqliteConnPool,
+    write: SqliteConnPool,
 }
 
-impl From<SqlitePool> for SqlitePools {
-    /// One pool for both (tests).
-    fn from(pool: SqlitePool) -> SqlitePools {
+impl SqlitePools {
+    /// One connection for reads and writes alike: an in-memory database, where every connection would open a
+    /// database of its own.
+    pub fn single(options: SqliteConnectOptions) -> SqlitePools {
+        let pool = SqliteConnPool::new(options, 1);
         SqlitePools {
             read: pool.clone(),
             write: pool,
@@ -183,25 +187,24 @@ impl Db {
                 // only as a safety net for a WAL grown far beyond what the server lets it reach (400 MB), and for
                 // the command-line tools.
                 .pragma("wal_autocheckpoint", "100000");
-            let read = SqlitePoolOptions::new()
-                .max_connections(max_connections.max(1))
-                .connect_with(options.clone())
-                .await?;
             if sqlite_in_memory(&options, url) {
-                // Every connection to an in-memory database would open a database of its own.
-                return Ok(Db::Sqlite(read.into()));
+                let pools = SqlitePools::single(options);
+                // Opened now, so that a bad URL fails at start.
+                drop(pools.write.acquire().await?);
+                return Ok(Db::Sqlite(pools));
             }
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(
-                    options
-                        // Writes touch scattered index pages: a larger cache for the one writer, and a large
-                        // transaction keeps its changed pages in memory until it commits instead of writing them
-                        // to the log early (which wrote many twice).
-                        .pragma("cache_size", "-16384")
-                        .pragma("cache_spill", "off"),
-                )
-                .await?;
+            let read = SqliteConnPool::new(options.clone(), max_connections);
+            let write = SqliteConnPool::new(
+                options
+                    // Writes touch scattered index pages: a larger cache for the one writer, and a large
+                    // transaction keeps its changed pages in memory until it commits instead of writing them
+                    // to the log early (which wrote many twice).
+                    .pragma("cache_size", "-16384")
+                    .pragma("cache_spill", "off"),
+                1,
+            );
+            // The writer opens the file now (creating it if missing), so that a bad path fails at start.
+            drop(write.acquire().await?);
             Ok(Db::Sqlite(SqlitePools { read, write }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
@@ -231,7 +234,10 @@ impl Db {
     /// Applies every embedded migration not yet applied.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
-            Db::Sqlite(pools) => migrator(SQLITE_MIGRATIONS).run(&pools.write).await,
+            Db::Sqlite(pools) => {
+                let mut conn = pools.write.acquire().await?;
+                migrator(SQLITE_MIGRATIONS).run(conn.connection()?).await
+            }
             Db::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await,
         }
     }
@@ -256,7 +262,11 @@ impl Db {
     /// A transaction for reading. SQLite's deferred BEGIN suffices.
     pub async fn begin_read(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pools) => Tx::Sqlite(pools.read.begin().await?, None),
+            Db::Sqlite(pools) => {
+                let mut conn = pools.read.acquire().await?;
+                conn.begin("BEGIN").await?;
+                Tx::Sqlite(conn, None)
+            }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -266,7 +276,7 @@ impl Db {
     /// itself. Only for reads of one statement: two statements on it may see different snapshots.
     pub async fn begin_single(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Sqlite(pools) => Tx::SqliteSingle(pools.read.acquire().await?),
+            Db::Sqlite(pools) => Tx::Sqlite(pools.read.acquire().await?, None),
             Db::Postgres(pool) => Tx::PostgresSingle(pool.acquire().await?),
         })
     }
@@ -282,10 +292,9 @@ impl Db {
                 let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
                     .await
                     .map_err(|_| sqlx::Error::PoolTimedOut)?;
-                Tx::Sqlite(
-                    pools.write.begin_with("BEGIN IMMEDIATE").await?,
-                    Some(guard),
-                )
+                let mut conn = pools.write.acquire().await?;
+                conn.begin("BEGIN IMMEDIATE").await?;
+                Tx::Sqlite(conn, Some(guard))
             }
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -297,8 +306,9 @@ impl Db {
         let text = sql.render(self.backend());
         match self {
             Db::Sqlite(pools) => {
+                let mut conn = pools.read.acquire().await?;
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
-                let rows = q.fetch_all(&pools.read).await?;
+                let rows = q.fetch_all(conn.connection()?).await?;
                 rows.iter().map(|r| decode_sqlite(r, cols)).collect()
             }
             Db::Postgres(pool) => {
@@ -315,8 +325,9 @@ impl Db {
     pub async fn checkpoint(&self) -> Result<(i64, i64), sqlx::Error> {
         match self {
             Db::Sqlite(pools) => {
+                let mut conn = pools.read.acquire().await?;
                 let row: (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                    .fetch_one(&pools.read)
+                    .fetch_one(conn.connection()?)
                     .await?;
                 Ok((row.1, row.2))
             }
@@ -358,7 +369,7 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 type WriteLock = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// The in-process write lock of a SQLite database file (one per file, shared by every pool on it).
-fn sqlite_write_lock(pool: &SqlitePool) -> WriteLock {
+fn sqlite_write_lock(pool: &SqliteConnPool) -> WriteLock {
     static LOCKS: std::sync::LazyLock<
         std::sync::Mutex<std::collections::HashMap<String, WriteLock>>,
     > = std::sync::LazyLock::new(Default::default);
@@ -550,15 +561,12 @@ impl Row {
 
 /// An open transaction on either database.
 pub enum Tx {
-    /// A SQLite transaction, holding this process's write lock of the file when it is a write transaction.
-    Sqlite(
-        Transaction<'static, Sqlite>,
-        Option<tokio::sync::OwnedMutexGuard<()>>,
-    ),
+    /// A SQLite connection, in a transaction or not ([`Db::begin_single`]), holding this process's write lock of
+    /// the file when it is a write transaction.
+    Sqlite(SqliteConn, Option<tokio::sync::OwnedMutexGuard<()>>),
     Postgres(Transaction<'static, Postgres>),
     /// No transaction: a pooled connection on which each statement runs on its own, seeing its own snapshot
     /// ([`Db::begin_single`]).
-    SqliteSingle(PoolConnection<Sqlite>),
     PostgresSingle(PoolConnection<Postgres>),
 }
 
@@ -571,24 +579,23 @@ enum Conn<'a> {
 impl Tx {
     pub fn backend(&self) -> Backend {
         match self {
-            Tx::Sqlite(..) | Tx::SqliteSingle(_) => Backend::Sqlite,
+            Tx::Sqlite(..) => Backend::Sqlite,
             Tx::Postgres(_) | Tx::PostgresSingle(_) => Backend::Postgres,
         }
     }
 
-    fn conn(&mut self) -> Conn<'_> {
-        match self {
-            Tx::Sqlite(tx, _) => Conn::Sqlite(tx),
-            Tx::SqliteSingle(conn) => Conn::Sqlite(conn),
+    fn conn(&mut self) -> Result<Conn<'_>, sqlx::Error> {
+        Ok(match self {
+            Tx::Sqlite(conn, _) => Conn::Sqlite(conn.connection()?),
             Tx::Postgres(tx) => Conn::Postgres(tx),
             Tx::PostgresSingle(conn) => Conn::Postgres(conn),
-        }
+        })
     }
 
     /// Runs a statement, returning the number of rows it affected.
     pub async fn execute(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
         let text = sql.render(self.backend());
-        match self.conn() {
+        match self.conn()? {
             Conn::Sqlite(conn) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
                 Ok(q.execute(conn).await?.rows_affected())
@@ -603,7 +610,7 @@ impl Tx {
     /// Runs a query and decodes each row's columns as `cols` says.
     pub async fn fetch(&mut self, sql: &Sql, cols: &[Col]) -> Result<Vec<Row>, sqlx::Error> {
         let text = sql.render(self.backend());
-        match self.conn() {
+        match self.conn()? {
             Conn::Sqlite(conn) => {
                 let q = bind_all!(sqlx::query(AssertSqlSafe(text)), &sql.params);
                 let rows = q.fetch_all(conn).await?;
@@ -619,17 +626,18 @@ impl Tx {
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(tx, _) => tx.commit().await,
+            // The write lock (the guard) is released once the commit has run.
+            Tx::Sqlite(mut conn, _guard) => conn.finish("COMMIT").await,
             Tx::Postgres(tx) => tx.commit().await,
-            Tx::SqliteSingle(_) | Tx::PostgresSingle(_) => Ok(()),
+            Tx::PostgresSingle(_) => Ok(()),
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(tx, _) => tx.rollback().await,
+            Tx::Sqlite(mut conn, _guard) => conn.finish("ROLLBACK").await,
             Tx::Postgres(tx) => tx.rollback().await,
-            Tx::SqliteSingle(_) | Tx::PostgresSingle(_) => Ok(()),
+            Tx::PostgresSingle(_) => Ok(()),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod batch;
 pub mod db;
 pub mod search_sql;
+pub mod sqlite_pool;
 
 use serde_json::Value;
 
