@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::access::Access;
 use crate::error::{Error, Result};
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::fhir::extract::extract_params;
 use crate::store::Store;
 use crate::store::audit::AuditRow;
 
@@ -86,21 +85,11 @@ pub fn patients_of(resource_type: &str, resource: &Value) -> Vec<String> {
             .map(|id| vec![id.to_owned()])
             .unwrap_or_default();
     }
-    let params = crate::fhir::registry::patient_compartment_params(resource_type);
-    let mut out: Vec<String> = extract_params(resource_type, resource, |p| params.contains(&p))
-        .into_iter()
-        .filter_map(|e| match e.value {
-            crate::fhir::extract::IndexValue::Reference {
-                target_type: Some(t),
-                target_id: Some(id),
-                ..
-            } if t == "Patient" => Some(id),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+    crate::fhir::extract::patient_references(
+        resource_type,
+        resource,
+        crate::fhir::registry::patient_compartment_params(resource_type),
+    )
 }
 
 /// Patients whose compartment a stored resource is in, from its JSON text. Only the top-level elements that the

@@ -5,7 +5,8 @@
 //! Search parsing shares [`normalize_string`] and [`decimal_range`] so that both sides of a
 //! comparison are computed the same way.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
 
 use serde_json::{Map, Value};
 
@@ -86,8 +87,9 @@ pub fn extract_params(
     wanted: impl Fn(&str) -> bool,
 ) -> Vec<IndexEntry> {
     let own = registry::type_params(resource_type).unwrap_or_default();
-    let mut seen = HashSet::new();
-    let mut entries = Vec::new();
+    // Entries by the hash of their parameter and value; equal hashes are compared in full.
+    let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut entries: Vec<IndexEntry> = Vec::new();
     for def in own.iter().chain(registry::common_params()) {
         if matches!(def.name, "_id" | "_lastUpdated") || !wanted(def.name) {
             continue;
@@ -100,8 +102,12 @@ pub fn extract_params(
                 values_of(def, path, leaf, &mut values);
             }
             for value in values {
-                // IndexValue holds f64s, so it cannot be hashed; its Debug text is a faithful key.
-                if seen.insert(format!("{}\u{0}{value:?}", def.name)) {
+                let same = seen.entry(entry_hash(def.name, &value)).or_default();
+                if !same
+                    .iter()
+                    .any(|&i| entries[i].param == def.name && entries[i].value == value)
+                {
+                    same.push(entries.len());
                     entries.push(IndexEntry {
                         param: def.name,
                         value,
@@ -111,6 +117,73 @@ pub fn extract_params(
         }
     }
     entries
+}
+
+/// A hash of an index entry, for finding duplicates. Numbers are hashed by their bits: equal values have equal
+/// bits, except 0.0 and -0.0, which then count as different values (as they print differently).
+fn entry_hash(param: &str, value: &IndexValue) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    param.hash(&mut h);
+    std::mem::discriminant(value).hash(&mut h);
+    match value {
+        IndexValue::Token { system, code } => (system, code).hash(&mut h),
+        IndexValue::String { norm, exact } => (norm, exact).hash(&mut h),
+        IndexValue::Date { lo, hi } => (lo, hi).hash(&mut h),
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+        } => (target_type, target_id, url).hash(&mut h),
+        IndexValue::Quantity {
+            value,
+            lo,
+            hi,
+            system,
+            code,
+            unit,
+        } => {
+            (value.to_bits(), lo.to_bits(), hi.to_bits()).hash(&mut h);
+            (system, code, unit).hash(&mut h);
+        }
+        IndexValue::Number { value, lo, hi } => {
+            (value.to_bits(), lo.to_bits(), hi.to_bits()).hash(&mut h)
+        }
+        IndexValue::Uri { uri } => uri.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// The ids of the Patients that a resource's reference parameters `params` point at (`Patient/id`, or an absolute
+/// URL ending in `/Patient/id`), sorted and without duplicates: its patient compartments, read the way the index
+/// reads references, without building index entries (this runs for every resource of every response).
+pub fn patient_references(resource_type: &str, resource: &Value, params: &[&str]) -> Vec<String> {
+    let own = registry::type_params(resource_type).unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for def in own.iter().chain(registry::common_params()) {
+        if def.kind != ParamKind::Reference
+            || !params.contains(&def.name)
+            || !(def.targets.is_empty() || def.targets.contains(&"Patient"))
+        {
+            continue;
+        }
+        for path in def.paths {
+            let mut leaves = Vec::new();
+            walk(resource, path, &mut leaves);
+            for leaf in leaves {
+                let url = leaf.get("reference").and_then(Value::as_str).unwrap_or("");
+                if url.starts_with('#') {
+                    continue;
+                }
+                if let Some(("Patient", id)) = split_reference(url)
+                    && !out.iter().any(|known| known == id)
+                {
+                    out.push(id.to_owned());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// What string search compares: lower-case, accents and other non-ASCII letters transliterated to
@@ -1277,6 +1350,111 @@ mod tests {
         for param in ["code", "combo-code", "component-code"] {
             assert_eq!(values(&entries, param), std::slice::from_ref(&heart_rate));
         }
+    }
+
+    #[test]
+    fn equal_quantities_are_one_entry_and_different_ones_stay() {
+        // Parsed from text: 1.50 keeps its precision (a `json!` literal would not).
+        let obs: Value = serde_json::from_str(
+            r#"{"resourceType": "Observation",
+                "valueQuantity": {"value": 1.50, "system": "http://unitsofmeasure.org", "code": "mg"},
+                "component": [
+                  {"valueQuantity": {"value": 1.50, "system": "http://unitsofmeasure.org", "code": "mg"}},
+                  {"valueQuantity": {"value": 1.5, "system": "http://unitsofmeasure.org", "code": "mg"}},
+                  {"valueQuantity": {"value": 2, "system": "http://unitsofmeasure.org", "code": "mg"}}]}"#,
+        )
+        .unwrap();
+        let entries = extract("Observation", &obs);
+        assert_eq!(values(&entries, "value-quantity").len(), 1);
+        // 1.50 and 1.5 are the same number with different precision ranges: two entries, and 2 a third.
+        assert_eq!(values(&entries, "component-value-quantity").len(), 3);
+    }
+
+    /// The patients of a resource as the index sees them: its compartment parameters' `Patient` references.
+    fn patients_through_the_index(resource_type: &str, resource: &Value) -> Vec<String> {
+        let params = registry::patient_compartment_params(resource_type);
+        let mut out: Vec<String> = extract_params(resource_type, resource, |p| params.contains(&p))
+            .into_iter()
+            .filter_map(|e| match e.value {
+                IndexValue::Reference {
+                    target_type: Some(t),
+                    target_id: Some(id),
+                    ..
+                } if t == "Patient" => Some(id),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn patient_references_agree_with_the_index_on_every_example_and_odd_references() {
+        let mut resources: Vec<Value> = Vec::new();
+        for dir in std::fs::read_dir(examples_dir()).unwrap() {
+            for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+                let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if let Some(entries) = value.get("entry").and_then(Value::as_array) {
+                    resources.extend(entries.iter().filter_map(|e| e.get("resource").cloned()));
+                }
+                resources.push(value);
+            }
+        }
+        let odd = [
+            "Patient/p1",
+            "Patient/p1/_history/3",
+            "https://ehr.example.org/fhir/Patient/p2",
+            "https://ehr.example.org/fhir/Patient/p2/_history/1",
+            "#p3",
+            "Patient",
+            "Group/g1",
+            "",
+            "Patient/p1",
+        ];
+        let refs: Vec<Value> = odd.iter().map(|r| json!({"reference": r})).collect();
+        for (t, member) in [
+            (
+                "Observation",
+                json!({"subject": refs[0], "performer": refs}),
+            ),
+            ("CarePlan", json!({"subject": refs[2], "performer": refs})),
+            (
+                "Group",
+                json!({"member": refs.iter().map(|r| json!({"entity": r})).collect::<Vec<_>>()}),
+            ),
+            (
+                "MedicationAdministration",
+                json!({"subject": "Patient/p9", "performer": [{"actor": refs[3]}]}),
+            ),
+            (
+                "Condition",
+                json!({"subject": {"reference": 7}, "asserter": refs[1]}),
+            ),
+        ] {
+            let mut r = member;
+            r["resourceType"] = json!(t);
+            resources.push(r);
+        }
+        let mut with_patients = 0;
+        for r in &resources {
+            let t = r["resourceType"].as_str().unwrap_or_default();
+            let expected = patients_through_the_index(t, r);
+            let got = patient_references(t, r, registry::patient_compartment_params(t));
+            assert_eq!(got, expected, "{t} {}", r.get("id").unwrap_or(&Value::Null));
+            with_patients += usize::from(!got.is_empty());
+        }
+        assert!(
+            resources.len() > 100 && with_patients > 20,
+            "{} resources, {with_patients}",
+            resources.len()
+        );
+        let observation = &resources[resources.len() - 5];
+        assert_eq!(
+            patient_references("Observation", observation, &["subject", "performer"]),
+            ["p1", "p2"]
+        );
     }
 
     #[test]
