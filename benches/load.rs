@@ -428,6 +428,10 @@ impl Gateway {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        eprintln!(
+            "warning: the gateway (pid {}) did not exit within 10 s of SIGTERM; killing it",
+            self.pid()
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
