@@ -273,15 +273,14 @@ impl Application {
         let db = state.store.db.clone();
         let timeout = Duration::from_secs(state.config.shutdown_timeout_secs);
         let mut server = std::pin::pin!(server);
-        // The server ended on its own (it cannot bind or its workers failed).
-        let ended_early = async |result: std::io::Result<()>| {
-            workers.signal(Stage::Background);
-            workers.signal(Stage::AfterRequests);
-            db.close().await;
-            result
-        };
         tokio::select! {
-            result = &mut server => return ended_early(result).await,
+            result = &mut server => {
+                // The server ended on its own (it cannot bind or its workers failed).
+                workers.signal(Stage::Background);
+                workers.signal(Stage::AfterRequests);
+                db.close().await;
+                return result;
+            }
             () = stop => {}
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -293,12 +292,9 @@ impl Application {
         // actix drops the connections it has accepted but not yet handed to a worker when it stops: first refuse
         // new connections (shutting the listening socket down makes further connects fail at once instead of
         // waiting in the backlog), give the workers a moment to take up what was already accepted, then stop.
-        // Accepting is paused first, so that actix's accept loop does not meet the closed socket (it would log
-        // that as an accept error); the server future carries the command out, so it is polled meanwhile.
-        tokio::select! {
-            result = &mut server => return ended_early(result).await,
-            () = handle.pause() => {}
-        }
+        // actix's accept loop reports the socket closed under it as an accept error (and again each time it
+        // retries): expected from here until the server has stopped, so not logged.
+        let closing = crate::telemetry::ListenerClosing::start();
         if let Some(listener) = listener {
             let socket = socket2::Socket::from(listener);
             if let Err(e) = socket.shutdown(std::net::Shutdown::Read) {
@@ -312,6 +308,7 @@ impl Application {
             stop_http,
             workers.wait(Stage::Background, deadline)
         );
+        drop(closing);
         workers.signal(Stage::AfterRequests);
         let mut late = late;
         late.extend(workers.wait(Stage::AfterRequests, deadline).await);

@@ -26,6 +26,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -109,6 +110,47 @@ pub fn init_with_traces(level: &str, format: &str) -> Telemetry {
     install(level, format, true)
 }
 
+/// The target of actix's accept loop, which logs an error when the listening socket is closed under it.
+const ACCEPT_LOOP: &str = "actix_server::accept";
+
+/// How many servers in this process are closing their listening socket (see [`ListenerClosing`]).
+static LISTENERS_CLOSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// While one exists, the accept loop's events are not logged: a graceful shutdown closes the listening socket under
+/// actix's accept loop (so that new connections are refused at once), which it would report as an accept error at
+/// ERROR level, repeatedly, until the server stops. Process-wide: several servers in one process (tests) share it.
+pub struct ListenerClosing(());
+
+impl ListenerClosing {
+    pub fn start() -> ListenerClosing {
+        LISTENERS_CLOSING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ListenerClosing(())
+    }
+}
+
+impl Drop for ListenerClosing {
+    fn drop(&mut self) {
+        LISTENERS_CLOSING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Drops the accept loop's events while a listener is closing; decided per event for that target only, so every
+/// other call site keeps its cached interest.
+fn accept_errors_while_closing<S: tracing::Subscriber>() -> impl tracing_subscriber::layer::Filter<S>
+{
+    tracing_subscriber::filter::dynamic_filter_fn(|meta: &tracing::Metadata<'_>, _| {
+        meta.target() != ACCEPT_LOOP
+            || LISTENERS_CLOSING.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .with_callsite_filter(|meta| {
+        if meta.target() == ACCEPT_LOOP {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    })
+}
+
 fn install(level: &str, format: &str, traces: bool) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
@@ -135,10 +177,11 @@ fn install(level: &str, format: &str, traces: bool) -> Telemetry {
         fmt.json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_filter(filter)
+            .with_filter(filter.and(accept_errors_while_closing()))
             .boxed()
     } else {
-        fmt.with_filter(filter).boxed()
+        fmt.with_filter(filter.and(accept_errors_while_closing()))
+            .boxed()
     };
     let installed = tracing_subscriber::registry()
         .with(fmt_layer)
