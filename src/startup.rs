@@ -181,6 +181,20 @@ impl Application {
                             _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
                         }
                         match db.checkpoint().await {
+                            Ok((log, _)) if log > crate::store::db::SQLITE_LOG_LIMIT_FRAMES => {
+                                match db.restart_log().await {
+                                    Ok(true) => tracing::debug!(frames = log, "SQLite log restarted"),
+                                    // Readers kept it busy: the next round tries again.
+                                    Ok(false) => tracing::debug!(
+                                        frames = log,
+                                        "SQLite log not restarted yet: readers still in it"
+                                    ),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "could not restart the SQLite log")
+                                    }
+                                }
+                                w.beat();
+                            }
                             Ok(_) => w.beat(),
                             Err(e) => {
                                 tracing::warn!(error = %e, "could not checkpoint the SQLite log")

@@ -183,10 +183,15 @@ impl Db {
                 // way) and temporary indexes stay in memory instead of temporary files.
                 .pragma("temp_store", "memory")
                 // The server checkpoints the write-ahead log in the background ([`Db::checkpoint`]), so that no
-                // writer pays for it while holding the write lock; SQLite's own checkpoint after a commit is kept
-                // only as a safety net for a WAL grown far beyond what the server lets it reach (400 MB), and for
-                // the command-line tools.
-                .pragma("wal_autocheckpoint", "100000");
+                // writer pays for it while holding the write lock, and makes it start over once it passes 64 MiB
+                // ([`Db::restart_log`]), cutting the file back to that size; SQLite's own checkpoint after a commit
+                // is kept only as a safety net for a WAL grown far beyond that (400 MB), and for the command-line
+                // tools.
+                .pragma("wal_autocheckpoint", "100000")
+                .pragma(
+                    "journal_size_limit",
+                    (SQLITE_LOG_LIMIT_FRAMES * 4096).to_string(),
+                );
             if sqlite_in_memory(&options, url) {
                 let pools = SqlitePools::single(options);
                 // Opened now, so that a bad URL fails at start.
@@ -335,6 +340,42 @@ impl Db {
         }
     }
 
+    /// Makes the SQLite write-ahead log start over from its beginning (`PRAGMA wal_checkpoint(RESTART)`), as the
+    /// server does in the background when the log has grown past [`SQLITE_LOG_LIMIT_FRAMES`]. Under a steady stream
+    /// of writes a passive checkpoint copies the log but never lets it start over (a new commit always lands first),
+    /// so the file only grows. This one takes the write lock, so the gateway's writers wait while the frames written
+    /// since the last passive checkpoint are copied and readers still in the log finish (at most a second). The
+    /// next writer then overwrites the file from its start, and SQLite cuts a file grown past the limit back to it
+    /// (`journal_size_limit`). Returns whether it completed. A no-op on PostgreSQL.
+    pub async fn restart_log(&self) -> Result<bool, sqlx::Error> {
+        match self {
+            Db::Sqlite(pools) => {
+                let lock = sqlite_write_lock(&pools.write);
+                let _writers_wait = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                let mut conn = pools.write.acquire().await?;
+                let c = conn.connection()?;
+                // Wait for readers at most a second (the next attempt comes soon), not the writers' 30 s.
+                sqlx::raw_sql("PRAGMA busy_timeout = 1000")
+                    .execute(&mut *c)
+                    .await?;
+                let row: Result<(i64, i64, i64), sqlx::Error> =
+                    sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+                        .fetch_one(&mut *c)
+                        .await;
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "PRAGMA busy_timeout = {}",
+                    SQLITE_BUSY_TIMEOUT.as_millis()
+                )))
+                .execute(&mut *c)
+                .await?;
+                Ok(row?.0 == 0)
+            }
+            Db::Postgres(_) => Ok(true),
+        }
+    }
+
     /// Pool statistics: (connections open, connections idle); on SQLite the readers' pool and the writer's.
     pub fn pool_stats(&self) -> (u32, usize) {
         match self {
@@ -362,6 +403,10 @@ pub fn sqlite_in_memory(options: &SqliteConnectOptions, url: &str) -> bool {
     let name = options.get_filename().to_str().unwrap_or_default();
     name.is_empty() || name == ":memory:" || url.contains("mode=memory")
 }
+
+/// The length of the SQLite write-ahead log (in pages of 4 KiB: 64 MiB) past which the server makes it start over
+/// ([`Db::restart_log`]); a log file grown larger is cut back to this size when it does.
+pub const SQLITE_LOG_LIMIT_FRAMES: i64 = 16_384;
 
 /// How long a SQLite writer waits for the write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -708,6 +753,71 @@ mod tests {
             panic!("a SQLite database")
         };
         assert_eq!(pools.write.size(), 1);
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn a_sqlite_log_starts_over_on_request_once_readers_are_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("l.db");
+        let db = Db::connect(&format!("sqlite://{}", file.display()), 3)
+            .await
+            .unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        tx.execute(&Sql::new("CREATE TABLE t (x TEXT)"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let write = async |rows: i64| {
+            let mut tx = db.begin_write().await.unwrap();
+            let mut sql =
+                Sql::new("INSERT INTO t SELECT hex(randomblob(500)) FROM json_each(json_array(");
+            for i in 0..rows {
+                sql.push(if i == 0 { "" } else { "," }).bind(i);
+            }
+            tx.execute(sql.push("))")).await.unwrap();
+            tx.commit().await.unwrap();
+        };
+        let count = async || {
+            db.fetch(&Sql::new("SELECT COUNT(*) FROM t"), &[Col::Int])
+                .await
+                .unwrap()[0]
+                .int(0)
+        };
+        let wal = dir.path().join("l.db-wal");
+        let wal_size = || std::fs::metadata(&wal).unwrap().len();
+        for _ in 0..20 {
+            write(10).await;
+        }
+        // A reader in the middle of a transaction holds its snapshot, and with it the log.
+        let mut reader = db.begin_read().await.unwrap();
+        let seen = reader
+            .fetch(&Sql::new("SELECT COUNT(*) FROM t"), &[Col::Int])
+            .await
+            .unwrap();
+        assert_eq!(seen[0].int(0), 200);
+        for _ in 0..5 {
+            write(10).await;
+        }
+        let (log, _) = db.checkpoint().await.unwrap();
+        assert!(log > 0);
+        // The log cannot start over under it: the attempt gives up after about a second instead of holding the
+        // writers for the 30 s busy timeout, and writes go on.
+        let started = std::time::Instant::now();
+        assert!(!db.restart_log().await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        write(10).await;
+        reader.rollback().await.unwrap();
+        // With the reader gone it starts over: the next writes overwrite the file from its start.
+        db.checkpoint().await.unwrap();
+        assert!(db.restart_log().await.unwrap());
+        let size = wal_size();
+        write(10).await;
+        write(10).await;
+        assert_eq!(wal_size(), size);
+        let (after, _) = db.checkpoint().await.unwrap();
+        assert!(after < log, "{after} frames after, {log} before");
+        assert_eq!(count().await, 280);
     }
 
     #[test]
