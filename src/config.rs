@@ -38,6 +38,10 @@ pub struct Config {
     /// Seconds from SIGTERM/SIGINT until the process exits at the latest: in-flight requests, the background
     /// workers' current work and the queued audit events get this long to finish.
     pub shutdown_timeout_secs: u64,
+    /// Seconds after SIGTERM/SIGINT during which the gateway still serves while `/health/ready` answers 503, so that
+    /// load balancers stop sending it requests before it stops accepting them. Part of `shutdown_timeout_secs`, and
+    /// shorter than it.
+    pub shutdown_drain_secs: u64,
     /// OAuth clients registered at start-up (`[[clients]]` tables), replacing stored ones with the same id.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
@@ -161,6 +165,7 @@ impl Default for Config {
             log_format: "text".into(),
             log_level: "info".into(),
             shutdown_timeout_secs: 30,
+            shutdown_drain_secs: 0,
             clients: Vec::new(),
             users: Vec::new(),
             auth: AuthConfig::default(),
@@ -323,7 +328,17 @@ impl Config {
                 .split("__"),
         );
         fig = fig.merge(Serialized::defaults(overrides));
-        fig.extract().map_err(Box::new)
+        let config: Config = fig.extract().map_err(Box::new)?;
+        if config.shutdown_drain_secs > 0
+            && config.shutdown_drain_secs >= config.shutdown_timeout_secs
+        {
+            return Err(Box::new(figment::Error::from(format!(
+                "shutdown_drain_secs ({}) must be shorter than shutdown_timeout_secs ({}): the drain is part of the \
+                 time the process has to stop, and in-flight requests need some of it",
+                config.shutdown_drain_secs, config.shutdown_timeout_secs
+            ))));
+        }
+        Ok(config)
     }
 
     /// The public FHIR base URL without a trailing slash.
@@ -378,6 +393,24 @@ mod tests {
             assert_eq!(cfg.auth.access_token_secs, 900);
             assert!(!cfg.auth.builtin);
             assert_eq!(cfg.shutdown_timeout_secs, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's test jail returns its own error type
+    fn a_drain_period_must_be_shorter_than_the_shutdown_timeout() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KAPGW_SHUTDOWN_TIMEOUT_SECS", "10");
+            jail.set_env("KAPGW_SHUTDOWN_DRAIN_SECS", "4");
+            let cfg = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(cfg.shutdown_drain_secs, 4);
+            jail.set_env("KAPGW_SHUTDOWN_DRAIN_SECS", "10");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string().contains("shutdown_drain_secs (10)"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -269,9 +269,10 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` resolves, then shuts down gracefully: no new connections; in-flight requests and the
-    /// background workers' current work finish; the audit writers write what is queued; all within
-    /// `shutdown_timeout_secs` of the signal.
+    /// Serves until `stop` resolves, then shuts down gracefully: with a drain period (`shutdown_drain_secs`), not
+    /// ready but still serving for that long; then no new connections; in-flight requests and the background
+    /// workers' current work finish; the audit writers write what is queued; all within `shutdown_timeout_secs` of
+    /// the signal.
     pub async fn run_until(
         self,
         stop: impl std::future::Future<Output = ()>,
@@ -287,17 +288,31 @@ impl Application {
         let db = state.store.db.clone();
         let timeout = Duration::from_secs(state.config.shutdown_timeout_secs);
         let mut server = std::pin::pin!(server);
+        // The server ended on its own (it cannot bind or its workers failed).
+        let ended_early = async |result: std::io::Result<()>| {
+            workers.signal(Stage::Background);
+            workers.signal(Stage::AfterRequests);
+            db.close().await;
+            result
+        };
         tokio::select! {
-            result = &mut server => {
-                // The server ended on its own (it cannot bind or its workers failed).
-                workers.signal(Stage::Background);
-                workers.signal(Stage::AfterRequests);
-                db.close().await;
-                return result;
-            }
+            result = &mut server => return ended_early(result).await,
             () = stop => {}
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let drain = Duration::from_secs(state.config.shutdown_drain_secs);
+        if !drain.is_zero() {
+            // Readiness fails at once; requests are still served until load balancers have noticed.
+            workers.begin_drain();
+            tracing::info!(
+                drain_secs = drain.as_secs(),
+                "shutting down: draining (not ready, still serving)"
+            );
+            tokio::select! {
+                result = &mut server => return ended_early(result).await,
+                () = tokio::time::sleep(drain) => {}
+            }
+        }
         tracing::info!(
             timeout_secs = timeout.as_secs(),
             "shutting down: no new connections; finishing in-flight requests and background work"

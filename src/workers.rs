@@ -101,6 +101,8 @@ struct Inner {
     epoch: Instant,
     background: CancellationToken,
     after_requests: CancellationToken,
+    /// Shutdown has begun with a drain period: readiness fails while requests are still served.
+    draining: std::sync::atomic::AtomicBool,
     entries: Mutex<Vec<Entry>>,
 }
 
@@ -123,6 +125,7 @@ impl Workers {
                 epoch: Instant::now(),
                 background: CancellationToken::new(),
                 after_requests: CancellationToken::new(),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 entries: Mutex::new(Vec::new()),
             }),
         }
@@ -187,9 +190,19 @@ impl Workers {
             .collect()
     }
 
-    /// Whether shutdown has begun.
+    /// Whether shutdown has begun (its drain period included).
     pub fn shutting_down(&self) -> bool {
-        self.inner.background.is_cancelled()
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self.inner.background.is_cancelled()
+    }
+
+    /// Starts the drain period of a shutdown: readiness fails from now on; nothing else changes.
+    pub fn begin_drain(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Signals the workers of `stage` to stop.

@@ -689,6 +689,61 @@ async fn sigint_is_as_graceful_as_sigterm() {
     shutdown_under_load("INT").await;
 }
 
+/// With a drain period, a signalled gateway first reports not ready while it goes on serving (load balancers stop
+/// sending it requests), and only then stops accepting and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_period_fails_readiness_while_requests_are_still_served() {
+    let mut gw = Gateway::start(&[
+        ("KAPGW_SHUTDOWN_DRAIN_SECS", "5".into()),
+        ("KAPGW_SHUTDOWN_TIMEOUT_SECS", "20".into()),
+    ]);
+    let token = gw.token(reqwest::header::HeaderMap::new()).await;
+    let client = reqwest::Client::new();
+    let ready = async || {
+        let resp = client
+            .get(format!("{}/health/ready", gw.address))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    // Readiness fails at once, naming the shutdown ...
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["shutdown"], "fail", "{body}");
+    // ... while the gateway still serves, writes included.
+    let created = client
+        .post(format!("{}/fhir/Patient", gw.address))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/fhir+json")
+        .body(r#"{"resourceType":"Patient","identifier":[{"system":"urn:drain","value":"d1"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        gw.count(&token, "Patient?identifier=urn:drain|d1&_summary=count")
+            .await,
+        1
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the requests above ran within the drain period"
+    );
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(20)))
+        .expect("the gateway exits after the drain");
+    assert!(status.success(), "{status:?}\n{}", gw.logs());
+    let logs = gw.logs();
+    assert!(
+        logs.contains("draining (not ready, still serving)"),
+        "{logs}"
+    );
+    assert!(logs.contains("shutdown complete"), "{logs}");
+}
+
 /// The audit journal's promise: a request answered is audited, even if the process dies the next moment. Patients
 /// are created under load, the process is killed without warning, and a new process on the same files must show
 /// an AuditEvent for every create that was answered (and the Patient itself).
