@@ -318,19 +318,31 @@ pub struct Reader {
     dir: PathBuf,
     pos: Pos,
     file: Option<File>,
+    /// Bytes of journal read for one transaction (more when a single line is longer).
+    batch_bytes: usize,
 }
+
+/// Bytes of journal imported in one database transaction. On SQLite every commit empties the other connections'
+/// page caches, so fewer, larger transactions serve the readers better; on PostgreSQL the transaction is split into
+/// statements of [`crate::store::audit::POSTGRES_STATEMENT_BYTES`].
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 impl Reader {
     pub fn new(dir: &Path, pos: Pos) -> Reader {
+        Reader::with_batch_bytes(dir, pos, BATCH_BYTES)
+    }
+
+    fn with_batch_bytes(dir: &Path, pos: Pos, batch_bytes: usize) -> Reader {
         Reader {
             dir: dir.to_owned(),
             pos,
             file: None,
+            batch_bytes,
         }
     }
 
-    /// Imports up to [`crate::store::audit::max_batch_bytes`] of complete lines from the current segment, in one transaction that
-    /// also records the new position. At the end of a segment older than `last_segment` (which is complete), moves
+    /// Imports about [`BATCH_BYTES`] of complete lines (at least one whole line, however long) from the current
+    /// segment, in one transaction that also records the new position. At the end of a segment older than `last_segment` (which is complete), moves
     /// on to the next one and deletes it. Returns the number of events imported (0 when it only moved on to the next
     /// segment), `None` when there was nothing new.
     async fn import_some(
@@ -360,14 +372,20 @@ impl Reader {
         };
         file.seek(SeekFrom::Start(self.pos.offset))
             .map_err(|e| io_error("read", &path, &e))?;
-        // Most bytes of journal imported in one database transaction.
-        let limit = crate::store::audit::max_batch_bytes(store.db.backend());
         let mut buf = Vec::new();
-        file.take(limit as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| io_error("read", &path, &e))?;
-        // Only whole lines: the writer may be in the middle of one.
-        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        // Only whole lines: the writer may be in the middle of one. A line longer than the batch is read on to its
+        // end (stopping short would take it for a torn last line, or wait for it forever).
+        let complete = loop {
+            let read = (&mut *file)
+                .take(self.batch_bytes as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| io_error("read", &path, &e))?;
+            match buf.iter().rposition(|b| *b == b'\n') {
+                Some(i) => break i + 1,
+                None if read == 0 || read < self.batch_bytes => break 0,
+                None => {}
+            }
+        };
         if complete == 0 {
             if self.pos.segment < last_segment {
                 // A finished segment read to its end (a torn last line of a crashed writer is dropped).
@@ -611,6 +629,26 @@ mod tests {
         // Only the segment being written is left.
         assert_eq!(segments(&journal.dir).unwrap(), vec![end.segment]);
         assert_eq!(count(&store, "audit_events").await, 10);
+    }
+
+    #[tokio::test]
+    async fn events_longer_than_a_batch_are_imported_whole_in_old_and_current_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        // Segments of about 1,000 bytes, batches of 100: every line is longer than a batch.
+        let journal = Journal::create_with(&dir.path().join("audit"), 1000).unwrap();
+        let mut reader = Reader::with_batch_bytes(&journal.dir, Pos::default(), 100);
+        let rows: Vec<AuditRow> = (0..6).map(row).collect();
+        for r in &rows {
+            assert!(r.line().unwrap().len() > 100);
+            journal.append(r).unwrap();
+        }
+        assert!(journal.end().unwrap().segment >= 2);
+        assert_eq!(journal.import(&store, &mut reader).await.unwrap(), 6);
+        let mut expected: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        expected.sort();
+        assert_eq!(event_ids(&store).await, expected);
+        assert_eq!(*journal.imported.borrow(), journal.end().unwrap());
     }
 
     #[tokio::test]

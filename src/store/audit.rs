@@ -554,16 +554,10 @@ async fn append_sqlite(tx: &mut Tx, rows: &[AuditRow]) -> Result<()> {
     Ok(())
 }
 
-/// The most bytes of encoded events the audit journal imports in one transaction. On PostgreSQL that is one
-/// statement, whose message must stay within a loopback TCP segment (connections run without TCP_NODELAY, and a
-/// longer message waited for a delayed ACK). On SQLite every commit empties the other connections' page caches, so
-/// fewer, larger transactions serve the readers better.
-pub fn max_batch_bytes(backend: Backend) -> usize {
-    match backend {
-        Backend::Postgres => 60 * 1024,
-        Backend::Sqlite => 4 * 1024 * 1024,
-    }
-}
+/// The most bytes of encoded events in one PostgreSQL statement of [`Store::append_audit`] (a single longer event
+/// gets a statement of its own): the message should stay within a loopback TCP segment (sqlx's connections run
+/// without TCP_NODELAY, and a longer message waited for a delayed ACK).
+pub const POSTGRES_STATEMENT_BYTES: usize = 60 * 1024;
 
 impl Store {
     /// Appends events (the group-commit writer and the audit journal's importer).
@@ -574,7 +568,7 @@ impl Store {
         if tx.backend() == Backend::Sqlite {
             return append_sqlite(tx, rows).await;
         }
-        let limit = max_batch_bytes(tx.backend());
+        let limit = POSTGRES_STATEMENT_BYTES;
         let mut batch = String::from("[");
         for r in rows {
             let line = r.line()?;
