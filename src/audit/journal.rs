@@ -382,6 +382,7 @@ impl Reader {
                 .map_err(|e| io_error("read", &path, &e))?;
             match buf.iter().rposition(|b| *b == b'\n') {
                 Some(i) => break i + 1,
+                // The end of the file came first: no whole line yet.
                 None if read == 0 || read < self.batch_bytes => break 0,
                 None => {}
             }

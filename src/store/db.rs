@@ -65,6 +65,16 @@ pub struct SqlitePools {
 }
 
 impl SqlitePools {
+    /// This process's write lock of the file, then the writer's connection: writers queue on the lock in arrival
+    /// order (see [`Db::begin_write`]).
+    async fn writer(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, SqliteConn), sqlx::Error> {
+        let lock = sqlite_write_lock(&self.write);
+        let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        Ok((guard, self.write.acquire().await?))
+    }
+
     /// One connection for reads and writes alike: an in-memory database, where every connection would open a
     /// database of its own.
     pub fn single(options: SqliteConnectOptions) -> SqlitePools {
@@ -276,9 +286,10 @@ impl Db {
         })
     }
 
-    /// A pooled connection for a read that runs a single statement: no `BEGIN` and `ROLLBACK` around it (two
-    /// round trips saved; on SQLite each is a hop to the connection's thread), the statement being atomic by
-    /// itself. Only for reads of one statement: two statements on it may see different snapshots.
+    /// A pooled connection without a transaction: no `BEGIN` and `ROLLBACK` (two round trips saved; on SQLite each
+    /// is a hop to the connection's thread). Each statement on it is atomic by itself and sees its own snapshot, so
+    /// it serves reads that need no single snapshot across statements (a search's page and its count may see the
+    /// database a moment apart).
     pub async fn begin_single(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(pools) => Tx::Sqlite(pools.read.acquire().await?, None),
@@ -293,11 +304,7 @@ impl Db {
     pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Db::Sqlite(pools) => {
-                let lock = sqlite_write_lock(&pools.write);
-                let guard = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
-                    .await
-                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
-                let mut conn = pools.write.acquire().await?;
+                let (guard, mut conn) = pools.writer().await?;
                 conn.begin("BEGIN IMMEDIATE").await?;
                 Tx::Sqlite(conn, Some(guard))
             }
@@ -350,11 +357,7 @@ impl Db {
     pub async fn restart_log(&self) -> Result<bool, sqlx::Error> {
         match self {
             Db::Sqlite(pools) => {
-                let lock = sqlite_write_lock(&pools.write);
-                let _writers_wait = tokio::time::timeout(SQLITE_BUSY_TIMEOUT, lock.lock_owned())
-                    .await
-                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
-                let mut conn = pools.write.acquire().await?;
+                let (_writers_wait, mut conn) = pools.writer().await?;
                 let c = conn.connection()?;
                 // Wait for readers at most a second (the next attempt comes soon), not the writers' 30 s.
                 sqlx::raw_sql("PRAGMA busy_timeout = 1000")

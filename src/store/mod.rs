@@ -157,7 +157,7 @@ impl Store {
         Ok(self.db.begin_read().await?)
     }
 
-    /// See [`db::Db::begin_single`]: for reads of one statement.
+    /// See [`db::Db::begin_single`]: statements without a transaction, each with its own snapshot.
     pub async fn begin_single(&self) -> Result<Tx> {
         Ok(self.db.begin_single().await?)
     }
